@@ -1,0 +1,184 @@
+"""Exact k-nearest-neighbour search by squared L2 distance (the neighbour table of the Jaccard distance).
+
+The torch backend computes the Gram matrix block by block and keeps a running top-k per row, so memory is
+O(N·k + chunk²) instead of O(N²). The Gram matrix is symmetric: only the blocks (a, b) with a <= b are
+multiplied and each block updates the running top-k of both its row block and its column block, which halves
+the FLOPs; off-diagonal blocks only merge the entries below the rows' current k-th distance (see
+``_knn_torch``). The faiss backend (optional dependency) uses an exact flat L2 index.
+
+Conventions shared by both backends:
+* the distance is the squared L2 distance ||x_i||² + ||x_j||² − 2⟨x_i, x_j⟩ in float32 (the same expansion
+  faiss uses), so features need not be L2-normalised;
+* every point is its own first neighbour (column 0), even when exact duplicates exist — for non-duplicated
+  data this is what an exact search returns anyway, and it keeps R(i, k) of the Jaccard distance well defined;
+* ties are broken by the lower index where practical (torch backend: exact except for ties exactly at the
+  boundary of a diagonal block's top-k, see ``_block_topk``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+def as_float_tensor(features: ArrayLike, device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+    """(N, D) numpy/torch features → contiguous float32 tensor on ``device`` (default: the input's device).
+
+    Raises ValueError for a wrong rank, an empty array or non-finite values.
+    """
+    x = features if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
+    x = x.detach()
+    if device is not None:
+        x = x.to(device)
+    x = x.to(torch.float32).contiguous()
+    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"features must be a non-empty (N, D) array, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("features contain NaN or inf")
+    return x
+
+
+def _block_topk(dist: torch.Tensor, dots: torch.Tensor, k: int, col_offset: int):
+    """The k' = min(k, C) smallest entries of each row of ``dist`` (R, C), sorted by (value, column).
+
+    Returns (values, the matching entries of ``dots``, global column indices int64), each (R, k'). Ties
+    inside the selection are ordered by lower index; ties exactly at the selection boundary are resolved by
+    torch.topk (arbitrary), which only matters for exact duplicates.
+    """
+    k = min(k, dist.shape[1])
+    cand = dist.topk(k, dim=1, largest=False, sorted=False).indices
+    cand = cand.sort(dim=1).values  # ascending index, so the stable value sort breaks ties by index
+    order = dist.gather(1, cand).sort(dim=1, stable=True).indices
+    cand = cand.gather(1, order)
+    return dist.gather(1, cand), dots.gather(1, cand), cand + col_offset
+
+
+def _merge_sparse(best, rows: torch.Tensor, new):
+    """Merge candidates into running top-k lists, in place.
+
+    best: [values (R, k), dots (R, k), indices (R, k)], rows sorted by (value, index); rows: (M,) local row of
+    each candidate; new: (values, dots, indices), each (M,). Every touched row keeps its k best entries in
+    the lexicographic order (value, index), i.e. ties go to the lower index.
+    """
+    if rows.numel() == 0:
+        return
+    k = best[0].shape[1]
+    act, rows = torch.unique(rows, return_inverse=True)  # only rows that received candidates
+    old = [t[act] for t in best]
+    own = torch.arange(act.numel(), device=rows.device).repeat_interleave(k)
+    cat = [torch.cat([o.reshape(-1), c]) for o, c in zip(old, new)]
+    r = torch.cat([own, rows])
+    # Lexicographic sort by (row, value, index) with stable sorts, least significant key first.
+    order = cat[2].argsort(stable=True)
+    order = order[cat[0][order].argsort(stable=True)]
+    order = order[r[order].argsort(stable=True)]
+    counts = k + torch.bincount(rows, minlength=act.numel())
+    first = torch.cumsum(counts, 0) - counts
+    take = order[(first[:, None] + torch.arange(k, device=rows.device)).reshape(-1)]
+    for t, c in zip(best, cat):
+        t[act] = c[take].view(-1, k)
+
+
+def _sq_dist(g: torch.Tensor, sq_rows: torch.Tensor, sq_cols: torch.Tensor) -> torch.Tensor:
+    """d_ij = |x_i|² + |x_j|² − 2⟨x_i, x_j⟩ from a Gram block (the expansion faiss uses too)."""
+    return torch.add(sq_rows[:, None], sq_cols[None, :]).add_(g, alpha=-2.0)
+
+
+def _knn_torch(x: torch.Tensor, k: int, chunk: int):
+    """Blocked symmetric exact search; x (N, D) float32.
+
+    Pass 1 runs the diagonal blocks (a, a) with a dense top-k, which gives every row a first k-th distance
+    τ_i. Pass 2 visits each off-diagonal block (a, b), a < b, once: an entry can only enter row i's list if
+    d_ij <= τ_i, so both the a-rows (d <= τ_a, row-wise) and the b-rows (d <= τ_b, column-wise — the block
+    is its own transpose's data) only merge the few entries below their thresholds.
+
+    Returns (indices (N, k) int64, squared distances (N, k), inner products ⟨x_i, x_j⟩ (N, k)).
+    """
+    n = x.shape[0]
+    sq = (x * x).sum(dim=1)
+    best = [torch.full((n, k), float("inf"), device=x.device), torch.zeros((n, k), device=x.device),
+            torch.full((n, k), -1, dtype=torch.int64, device=x.device)]
+    blocks = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    for a, ea in blocks:
+        g = x[a:ea] @ x[a:ea].t()
+        d = _sq_dist(g, sq[a:ea], sq[a:ea]).fill_diagonal_(float("-inf"))  # self pinned first
+        for t, v in zip(best, _block_topk(d, g, k, a)):
+            t[a:ea, : v.shape[1]] = v
+    for ia, (a, ea) in enumerate(blocks):
+        for b, eb in blocks[ia + 1:]:
+            g = x[a:ea] @ x[b:eb].t()
+            d = _sq_dist(g, sq[a:ea], sq[b:eb])
+            to_a = d <= best[0][a:ea, -1:]  # non-strict: a tie with the k-th may still win on index
+            to_b = d <= best[0][b:eb, -1][None, :]
+            r, c = torch.nonzero(to_a | to_b, as_tuple=True)
+            va, vb = to_a[r, c], to_b[r, c]
+            vals, dots = d[r, c], g[r, c]
+            view_a = [t[a:ea] for t in best]
+            _merge_sparse(view_a, r[va], (vals[va], dots[va], c[va] + b))
+            view_b = [t[b:eb] for t in best]
+            _merge_sparse(view_b, c[vb], (vals[vb], dots[vb], r[vb] + a))
+            del g, d, to_a, to_b
+    best[0][:, 0] = 0.0
+    return best[2], best[0].clamp_(min=0.0), best[1]
+
+
+def _knn_faiss(x: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Exact search with faiss.IndexFlatL2 on the CPU; self moved to column 0 (see module docstring)."""
+    try:
+        import faiss  # optional dependency
+    except ImportError:
+        raise ImportError("knn='faiss' needs the faiss package (pip install faiss-cpu); "
+                          "use knn='torch' otherwise") from None
+    xs = np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
+    index = faiss.IndexFlatL2(xs.shape[1])
+    index.add(xs)
+    dist, idx = index.search(xs, k)
+    n = xs.shape[0]
+    self_idx = np.arange(n)[:, None]
+    # Drop self from wherever it is (or the last column if absent) and put it in front.
+    keep = idx != self_idx
+    missing = keep.all(axis=1)
+    keep[missing, k - 1] = False
+    rest_i = idx[keep].reshape(n, k - 1)
+    rest_d = dist[keep].reshape(n, k - 1)
+    idx = np.concatenate([self_idx, rest_i], axis=1).astype(np.int64)
+    dist = np.concatenate([np.zeros((n, 1), np.float32), np.maximum(rest_d, 0)], axis=1)
+    return torch.from_numpy(idx), torch.from_numpy(dist.astype(np.float32))
+
+
+def knn_table(x: torch.Tensor, k: int, knn: str = "torch", chunk: int = 4096):
+    """Neighbour table for the Jaccard distance: (indices (N, k) int64, squared distances (N, k),
+    inner products (N, k) or None for faiss), all torch tensors; x must come from as_float_tensor."""
+    if knn == "torch":
+        with torch.no_grad():
+            return _knn_torch(x, min(int(k), x.shape[0]), int(chunk))
+    if knn == "faiss":
+        return _knn_faiss(x, min(int(k), x.shape[0])) + (None,)
+    raise ValueError(f"knn must be 'torch' or 'faiss', got {knn!r}")
+
+
+def knn_search(features: ArrayLike, k: int, knn: str = "torch",
+               device: Optional[Union[str, torch.device]] = None,
+               chunk: int = 4096) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of every row of ``features`` among all rows, by squared L2 distance.
+
+    Args:
+        features: (N, D) numpy array or torch tensor (any float dtype; computed in float32).
+        k: neighbours per point including the point itself; clamped to N.
+        knn: "torch" (blocked matmul on ``device``) or "faiss" (exact flat index, CPU; needs faiss).
+        device: torch device for the "torch" backend; default = the device of ``features`` (CPU for numpy).
+        chunk: block size of the Gram matrix; peak extra memory ≈ 2·chunk²·4 bytes + N·k·12 bytes.
+
+    Returns:
+        (indices, distances): int64 (N, k') and float32 (N, k') numpy arrays, k' = min(k, N), rows sorted by
+        increasing squared distance d_ij = ||f_i||² + ||f_j||² − 2⟨f_i, f_j⟩, column 0 = the point itself.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    x = as_float_tensor(features, device)
+    idx, dist, _ = knn_table(x, k, knn, chunk)
+    return idx.cpu().numpy(), dist.cpu().numpy()

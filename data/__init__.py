@@ -1,0 +1,1 @@
+"""Data layer: dataset readers, image loading, transforms and samplers."""

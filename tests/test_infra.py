@@ -1,0 +1,127 @@
+"""Checkpoints, the stage-1 artifact, argument parsing, DataParallel row order, stage-2 schedule."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from data.sample import IR, RGB, DataError, Sample
+from model import build_model
+from utils.args import baseline_parser, mmm_parser, parse
+from utils.artifacts import align_to_samples, find_artifact, load_artifact, save_artifact
+from utils.checkpoint import (atomic_torch_save, check_compatible, load_checkpoint, load_model_state,
+                              make_checkpoint)
+from utils.mmm_steps import stage2_lr
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_model(arch="resnet18", num_classes=5, pretrained="none")
+
+
+def test_checkpoint_round_trip(tmp_path, tiny):
+    path = str(tmp_path / "run" / "last.pth")
+    ckpt = make_checkpoint(tiny, stage="mmm", phase="train", dataset="sysu", trial=None, epoch=3,
+                           args={"lr": 0.1}, metrics={"r1": 1.0}, best_metric=1.0)
+    atomic_torch_save(ckpt, path)
+    assert os.listdir(tmp_path / "run") == ["last.pth"]  # no temporary left behind
+    back = load_checkpoint(path)
+    assert back["epoch"] == 3 and back["num_classes"] == 5 and back["arch"] == "resnet18"
+    other = build_model(arch="resnet18", num_classes=5, pretrained="none")
+    load_model_state(other, back, path)
+    for (k, a), b in zip(tiny.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_checkpoint_refusals(tmp_path, tiny):
+    with pytest.raises(DataError, match="no file"):
+        load_checkpoint(str(tmp_path / "missing.pth"))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="not a readable checkpoint"):
+        load_checkpoint(str(junk))
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(DataError, match="not a checkpoint of this project"):
+        load_checkpoint(str(foreign))
+    ckpt = make_checkpoint(tiny, stage="mmm", phase="train", dataset="regdb", trial=2, epoch=0, args={})
+    with pytest.raises(DataError, match="--arch resnet18"):
+        check_compatible(ckpt, "x.pth", arch="resnet50")
+    with pytest.raises(DataError, match="regdb"):
+        check_compatible(ckpt, "x.pth", dataset="sysu")
+    with pytest.raises(DataError, match="trial 2"):
+        check_compatible(ckpt, "x.pth", trial=3)
+    bigger = build_model(arch="resnet18", num_classes=7, pretrained="none")
+    with pytest.raises(DataError, match="does not fit"):
+        load_model_state(bigger, ckpt, "x.pth")
+    load_model_state(bigger, ckpt, "x.pth", skip_classifier=True)  # stage 2 from another class count
+
+
+def _samples(root, modality, n):
+    return [Sample(os.path.join(root, modality, f"{i:03d}.jpg"), i % 3, 1, modality) for i in range(n)]
+
+
+def test_artifact_round_trip_and_alignment_by_path(tmp_path):
+    root = str(tmp_path / "data")
+    s = {RGB: _samples(root, RGB, 6), IR: _samples(root, IR, 4)}
+    feats = {m: np.random.RandomState(0).rand(len(s[m]), 3).astype(np.float32) for m in s}
+    labels = {RGB: np.array([0, 0, 1, 1, -1, 2]), IR: np.array([1, -1, 0, 0])}
+    run = tmp_path / "logs" / "baseline"
+    path = save_artifact(str(run), root, s, feats, labels, {"dataset": "sysu", "trial": None})
+    assert find_artifact(str(run / "final.pth")) == path
+    assert find_artifact(str(run / "joint" / "best.pth")) == path
+    art = load_artifact(path)
+    assert art["meta"]["dataset"] == "sysu"
+    # A reversed listing of the same images gets the same labels, matched by path, not position.
+    rev = list(reversed(s[RGB]))
+    f, lab = align_to_samples(art, RGB, rev, root)
+    np.testing.assert_array_equal(lab, labels[RGB][::-1])
+    np.testing.assert_array_equal(f, feats[RGB][::-1])
+    # The same images under a moved dataset root still match (paths are stored relative).
+    moved = str(tmp_path / "elsewhere")
+    f2, lab2 = align_to_samples(art, RGB, _samples(moved, RGB, 6), moved)
+    np.testing.assert_array_equal(lab2, labels[RGB])
+    with pytest.raises(DataError, match="do not match the dataset on disk"):
+        align_to_samples(art, RGB, s[RGB][:5], root)
+    with pytest.raises(DataError, match="do not match the dataset on disk"):
+        align_to_samples(art, IR, _samples(root, RGB, 4), root)
+    with pytest.raises(DataError, match="no pseudo_labels.npz"):
+        find_artifact(str(tmp_path / "nowhere" / "final.pth"))
+
+
+def test_parsers_aliases_and_dataset_defaults():
+    a = parse(baseline_parser("sysu"), ["--data-dir", "d"], dataset="sysu")
+    assert (a.eps, a.k1_joint, a.k2_joint, a.iters, a.seed, a.img_h) == (0.6, 40, 32, 200, 1, 288)
+    b = parse(baseline_parser("regdb"), ["--data_dir", "d", "--trial", "3", "--eps", "0.4", "--height", "64"],
+              dataset="regdb")
+    assert (b.eps, b.k1_joint, b.k2_joint, b.iters, b.trial, b.img_h) == (0.4, 38, 18, 100, 3, 64)
+    with pytest.raises(DataError, match="--trial"):
+        parse(baseline_parser("regdb"), ["--data-dir", "d"], dataset="regdb")
+    with pytest.raises(DataError, match="--trial"):
+        parse(baseline_parser("regdb"), ["--data-dir", "d", "--trial", "11"], dataset="regdb")
+    m = parse(mmm_parser(), ["--dataset", "sysu", "--data-dir", "d", "--resume_net1", "c.pth",
+                             "--sm_w", "0.3", "--warm-epochs", "2"])
+    assert (m.intra_weight, m.inter_weight, m.inter_start_epoch, m.seed, m.resume_net1) == (0.3, 0.05, 2, 0, "c.pth")
+
+
+def test_stage2_learning_rate_schedule():
+    assert [round(stage2_lr(e, 0.1), 6) for e in (0, 4, 9, 10, 19, 20, 39, 40, 99)] == \
+        [0.01, 0.05, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+
+
+def test_replica_order_restores_modality_blocks():
+    from utils.device import replica_order
+
+    class FakeDP(torch.nn.DataParallel):
+        def __init__(self, k):  # no GPUs needed: only device_ids is read
+            torch.nn.Module.__init__(self)
+            self.device_ids = list(range(k))
+
+    for n_rgb, n_ir, k in ((8, 4, 2), (7, 5, 3), (3, 5, 4), (256, 128, 3)):
+        rgb, ir = torch.arange(n_rgb), torch.arange(n_ir) + 1000
+        chunks_r, chunks_i = rgb.chunk(k), ir.chunk(k)
+        gathered = torch.cat([c for i in range(max(len(chunks_r), len(chunks_i)))
+                              for c in (chunks_r[i:i + 1] + chunks_i[i:i + 1])])
+        order = replica_order(n_rgb, n_ir, FakeDP(k))
+        assert torch.equal(gathered[order], torch.cat([rgb, ir]))
+    assert replica_order(4, 4, torch.nn.Linear(1, 1)) is None

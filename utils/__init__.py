@@ -1,0 +1,1 @@
+"""Shared utilities: metrics, evaluation, checkpoints, logging, device, argument parsing."""

@@ -1,0 +1,118 @@
+"""Stage-1 building blocks (method.md D.2-D.3): clustering of one epoch, memories, loaders, steps."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from clustering.dbscan import cluster_stats, pseudo_labels
+from data.images import ImageDataset
+from data.sample import IR, RGB, cams_of
+from data.samplers import RandomMultipleGallerySampler
+from memory.centroids import cluster_centroids, cross_modal_mask, mixed_centroids
+from memory.cluster_memory import ClusterMemory
+from utils.device import replica_order, unwrap
+
+
+def cluster_epoch(feats: Dict[str, torch.Tensor], args, joint: bool) -> Dict[str, np.ndarray]:
+    """DBSCAN pseudo-labels of one epoch: per modality, plus the joint clustering in phase 2.
+
+    Args:
+        feats: ``{"rgb": (N_rgb, D), "ir": (N_ir, D)}`` flip-averaged descriptors.
+    Returns:
+        ``{"rgb": (N_rgb,), "ir": (N_ir,)[, "joint": (N_rgb + N_ir,)]}`` int64, -1 = outlier.
+    """
+    labels = {m: pseudo_labels(feats[m], eps=args.eps, k1=args.k1, k2=args.k2, knn=args.knn)
+              for m in (RGB, IR)}
+    if joint:
+        both = torch.cat([feats[RGB], feats[IR]])
+        modality = np.r_[np.zeros(len(feats[RGB]), np.int64), np.ones(len(feats[IR]), np.int64)]
+        labels["joint"] = pseudo_labels(both, eps=args.eps, k1=args.k1_joint, k2=args.k2_joint,
+                                        modality=modality, knn=args.knn)
+    return labels
+
+
+def clustering_report(labels: Dict[str, np.ndarray], n_rgb: int) -> Dict[str, float]:
+    """Cluster and outlier counts per modality, and the joint "associate rate"."""
+    rep = {}
+    for key, lab in labels.items():
+        stats = cluster_stats(lab)
+        rep[f"{key}_clusters"], rep[f"{key}_outliers"] = stats["num_clusters"], stats["num_outliers"]
+    if "joint" in labels and rep["joint_clusters"] > 0:
+        both = cross_modal_mask(torch.as_tensor(labels["joint"]), _modality_vector(n_rgb, len(labels["joint"])))
+        rep["joint_cross_modal_clusters"] = int(both.sum())
+        rep["associate_rate"] = float(both.float().mean())
+    return rep
+
+
+def _modality_vector(n_rgb: int, n: int) -> torch.Tensor:
+    return torch.cat([torch.zeros(n_rgb, dtype=torch.long), torch.ones(n - n_rgb, dtype=torch.long)])
+
+
+def build_memory(features: torch.Tensor, labels: np.ndarray, args, device,
+                 modality: Optional[torch.Tensor] = None) -> Optional[ClusterMemory]:
+    """A cluster memory initialised with the (mixed) centroids, or None with fewer than 2 clusters."""
+    lab = torch.as_tensor(labels)
+    k = int(lab.max()) + 1 if len(lab) else 0
+    if k < 2:
+        return None
+    cents = (cluster_centroids(features, lab, k) if modality is None
+             else mixed_centroids(features, lab, modality, k))
+    mem = ClusterMemory(features.shape[1], k, temp=args.temp, momentum=args.momentum,
+                        use_hard=args.use_hard).to(device)
+    mem.set_centroids(cents.to(device))
+    return mem
+
+
+def pass_length(labels: np.ndarray, num_instances: int) -> int:
+    """Images one sampler pass emits: ``num_instances`` per pseudo-id, 1 for a single-image id."""
+    counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, np.int64)
+    counts = counts[counts > 0]
+    return int(np.where(counts > 1, num_instances, 1).sum())
+
+
+def train_loader(samples, labels: np.ndarray, transform, args, ctx, epoch: int, stream: int) -> Optional[DataLoader]:
+    """Loader of ``args.iters`` batches of P pseudo-ids x ``num_instances`` images (D.2 step 5).
+
+    Returns None when the clustered samples cannot fill one batch (the epoch's training is skipped).
+    """
+    if pass_length(labels, args.num_instances) < args.batch_size:
+        return None
+    sampler = RandomMultipleGallerySampler(
+        labels, cams_of(samples), batch_size=args.batch_size, num_instances=args.num_instances,
+        num_batches=args.iters, camera_aware=not args.no_cam, seed=args.seed * 1000 + stream,
+        rank=ctx.dist.rank, world_size=ctx.dist.world_size)
+    sampler.set_epoch(epoch)
+    ds = ImageDataset(samples, transform, labels=labels, h=args.img_h, w=args.img_w,
+                      interpolation="bicubic", cache=ctx.cache(args, "bicubic"))
+    return DataLoader(ds, batch_sampler=sampler, num_workers=args.workers,
+                      pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+
+
+def memory_step(model, rgb_batch, ir_batch, mem_rgb, mem_ir, device) -> Dict[str, torch.Tensor]:
+    """Losses of one iteration: NCE(M_rgb; both rgb views) + NCE(M_ir; ir) (method.md D.2 step 8).
+
+    ``rgb_batch`` = ((view_a, view_b), labels, cams, idx); ``ir_batch`` = (img, labels, cams, idx).
+    In the joint phase both memories are the mixed memory.
+    """
+    (va, vb), y_rgb = rgb_batch[0], rgb_batch[1].to(device)
+    t, y_ir = ir_batch[0].to(device, non_blocking=True), ir_batch[1].to(device)
+    x_rgb = torch.cat([va, vb]).to(device, non_blocking=True)
+    feat = model(x_rgb=x_rgb, x_ir=t).feat
+    order = replica_order(len(x_rgb), len(t), model)
+    if order is not None:
+        feat = feat[order.to(feat.device)]
+    n = len(x_rgb)
+    return {"loss_rgb": mem_rgb(feat[:n], torch.cat([y_rgb, y_rgb])), "loss_ir": mem_ir(feat[n:], y_ir)}
+
+
+def current_lr(optimizer) -> float:
+    """Learning rate of the first parameter group."""
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def model_num_classes(model) -> int:
+    """Classifier size of the (possibly wrapped) model."""
+    return int(unwrap(model).num_classes)

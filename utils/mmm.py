@@ -1,0 +1,195 @@
+"""Stage 2 (method.md E, F): multi-memory learning and matching, then training with fixed labels.
+
+Start-up: stage-1 checkpoint + artifact -> MMLM (visible labels rewritten into the infrared label
+space) -> model (stage-1 weights with --init baseline, ImageNet with --init imagenet) -> epochs:
+warm-up with hard labels, then clean-probability pass -> training pass -> prototype refresh.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+import numpy as np
+import torch
+
+from clustering.mmlm import multi_memory_matching
+from data.datasets import load_train
+from data.sample import IR, RGB, DataError, pids_of
+from data.transforms import build_train_transforms
+from memory.gmm import clean_probabilities
+from model import build_model
+from model.agw import param_groups_stage2
+from utils.artifacts import align_to_samples, find_artifact, load_artifact
+from utils.checkpoint import (atomic_torch_save, check_compatible, load_checkpoint, load_model_state,
+                              make_checkpoint)
+from utils.device import unwrap
+from utils.distributed import barrier, broadcast_object, wrap_model
+from utils.evaluation import evaluate, format_results
+from utils.mmm_steps import (batch_losses, forward_batch, full_pass, identity_pass, loader, paired_dataset,
+                             per_sample_losses, prototype_pass, set_lr)
+from utils.run import Timer, prepare_run
+from utils.runlog import append_metrics
+
+
+def matched_labels(args, ctx, rgb, ir) -> Dict[str, np.ndarray]:
+    """Stage-1 artifact -> MMLM -> labels of every training sample (rgb in the ir label space)."""
+    path = args.baseline_artifact or find_artifact(args.resume_net1)
+    art = load_artifact(path)
+    meta = art["meta"]
+    if meta.get("dataset", args.dataset) != args.dataset or meta.get("trial") != args.trial:
+        raise DataError(f"{path} was made for dataset {meta.get('dataset')} trial {meta.get('trial')}, "
+                        f"not --dataset {args.dataset} --trial {args.trial}")
+    f_rgb, l_rgb = align_to_samples(art, RGB, rgb, args.data_dir)
+    f_ir, l_ir = align_to_samples(art, IR, ir, args.data_dir)
+    if (l_rgb >= 0).sum() == 0 or (l_ir >= 0).sum() == 0:
+        raise DataError(f"{path}: stage 1 left a modality without any cluster; rerun stage 1 (more epochs, other --eps)")
+    new_rgb, info = multi_memory_matching(f_rgb, l_rgb, f_ir, l_ir, num_memories=args.num_memories,
+                                          matching=args.matching, cost=args.match_cost, seed=args.seed,
+                                          device=ctx.device, return_info=True)
+    ctx.logger.info(f"MMLM: {int(l_rgb.max()) + 1} rgb -> {int(l_ir.max()) + 1} ir clusters, "
+                    f"{info['ir_unmatched']} ir clusters without an rgb partner, {info['rgb_shared']} rgb clusters sharing one, "
+                    f"{info.get('seconds', 0):.2f}s")
+    if args.report_ari:
+        from clustering.mmlm import report_ari
+        before = report_ari(l_rgb, pids_of(rgb), l_ir, pids_of(ir))
+        after = report_ari(new_rgb, pids_of(rgb), l_ir, pids_of(ir))
+        ctx.logger.info("ARI before matching " + "  ".join(f"{k} {v:.3f}" for k, v in before.items()) +
+                        " | after " + "  ".join(f"{k} {v:.3f}" for k, v in after.items()))
+    return {"rgb": new_rgb, "ir": l_ir}
+
+
+def training_data(args, ctx) -> Dict:
+    """Labelled samples of both modalities (outliers dropped); classes = infrared clusters."""
+    rgb, ir = load_train(args.dataset, args.data_dir, args.trial)
+    labels = broadcast_object(matched_labels(args, ctx, rgb, ir) if ctx.dist.is_main else None, ctx.dist)
+    keep_rgb, keep_ir = labels["rgb"] >= 0, labels["ir"] >= 0
+    data = {"rgb": [s for s, k in zip(rgb, keep_rgb) if k], "ir": [s for s, k in zip(ir, keep_ir) if k],
+            "labels_rgb": labels["rgb"][keep_rgb], "labels_ir": labels["ir"][keep_ir]}
+    data["num_classes"] = int(labels["ir"].max()) + 1
+    shared = np.intersect1d(data["labels_rgb"], data["labels_ir"])
+    ctx.logger.info(f"stage-2 training set: {len(data['rgb'])} rgb / {len(data['ir'])} ir images, "
+                    f"{data['num_classes']} classes, {len(shared)} with both modalities (trained on)")
+    if len(shared) < args.batch_ids:
+        raise DataError(f"the matching left only {len(shared)} infrared clusters with a visible partner, fewer "
+                        f"than --batch-ids {args.batch_ids}: train stage 1 longer, try --matching hungarian, "
+                        "or lower --batch-ids")
+    return data
+
+
+def build_stage2_model(args, ctx, num_classes: int):
+    """The network: stage-1 weights (--init baseline) or --pretrained backbone (--init imagenet)."""
+    ckpt = load_checkpoint(args.resume_net1, flag="--resume_net1")
+    check_compatible(ckpt, args.resume_net1, arch=args.arch, dataset=args.dataset, trial=args.trial)
+    pretrained = args.pretrained if args.init == "imagenet" else "none"
+    model = build_model(arch=args.arch, num_classes=num_classes, pretrained=pretrained)
+    if args.init == "baseline":
+        load_model_state(model, ckpt, args.resume_net1, skip_classifier=True)
+    return model.to(ctx.device)
+
+
+def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch: int) -> Dict[str, float]:
+    """One pass of the cross-modal identity sampler with the loss of F.6 (warm-up: plain CE)."""
+    from tqdm import tqdm
+
+    warm = epoch < args.warm_epochs
+    sampler = full_pass(data, args, ctx, epoch) if warm else identity_pass(data, args, ctx, epoch)
+    model.train()
+    sums: Dict[str, float] = {}
+    for it, batch in enumerate(tqdm(loader(dataset, sampler, args, ctx.device), total=len(sampler),
+                                    desc="warm-up" if warm else "train", leave=False, disable=not ctx.dist.is_main)):
+        o = forward_batch(model, batch, ctx.device)
+        if warm:
+            losses = {"id": torch.nn.functional.cross_entropy(o["logits"], torch.cat([o["y"], o["y"], o["z"]]))}
+        else:
+            losses = batch_losses(o, probs, protos, args, epoch)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise DataError(f"the loss became {float(loss)} at epoch {epoch} iteration {it}; stopped, the last "
+                            f"good checkpoint is {os.path.join(ctx.run_dir, 'last.pth')} — lower --lr and --resume")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+    return {f"loss_{k}": v / max(len(sampler), 1) for k, v in sums.items()}
+
+
+def clean_probs(model, dataset, data, args, ctx, epoch: int) -> Dict[str, torch.Tensor]:
+    """GMM clean probabilities of every sample (computed on rank 0 from the gathered losses)."""
+    lv1, lv2, lir = per_sample_losses(model, dataset, full_pass(data, args, ctx, epoch + 10_000), args, ctx,
+                                      len(data["rgb"]), len(data["ir"]))
+    p = broadcast_object(clean_probabilities(lv1, lv2, lir, seed=args.seed) if ctx.dist.is_main else None, ctx.dist)
+    return {k: torch.as_tensor(v, dtype=torch.float32, device=ctx.device) for k, v in zip(("v1", "v2", "ir"), p)}
+
+
+def run_mmm(args) -> str:
+    """The whole of stage 2; returns the run directory."""
+    ctx = prepare_run(args, "mmm", last_checkpoint="last.pth")
+    data = training_data(args, ctx)
+    model = build_stage2_model(args, ctx, data["num_classes"])
+    optimizer = torch.optim.SGD(param_groups_stage2(model, args.lr), lr=args.lr, momentum=0.9,
+                                weight_decay=args.weight_decay, nesterov=True)
+    dim, n_cls = unwrap(model).dim, data["num_classes"]
+    protos = {k: torch.zeros(n_cls, dim, device=ctx.device) for k in ("v1", "v2", "ir")}
+    start, best = resume(model, optimizer, protos, args, ctx)
+    model = wrap_model(model, ctx.dist, ctx.device, sync_bn=args.sync_bn)
+    dataset = paired_dataset(data, build_train_transforms(args.img_h, args.img_w), args, ctx.cache(args, "lanczos"))
+    for epoch in range(start, args.epochs):
+        timer, lr = Timer(), set_lr(optimizer, epoch, args.lr)
+        record: Dict = {"epoch": epoch, "lr": lr}
+        probs = None
+        if epoch >= args.warm_epochs:
+            probs = clean_probs(model, dataset, data, args, ctx, epoch)
+            record.update({f"clean_{k}_mean": float(v.mean()) for k, v in probs.items()})
+            record.update({f"clean_{k}_above_half": float((v > 0.5).float().mean()) for k, v in probs.items()})
+        record.update(train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch))
+        if probs is not None:
+            protos = prototype_pass(model, dataset, identity_pass(data, args, ctx, epoch), probs, protos, args, ctx)
+        best = end_of_epoch(model, optimizer, protos, record, best, args, ctx, timer)
+        barrier(ctx.dist)
+    return ctx.run_dir
+
+
+def end_of_epoch(model, optimizer, protos, record, best, args, ctx, timer) -> float:
+    """Evaluate (every --eval-step, trial-0 gallery as released), checkpoint, log; returns the best Rank-1."""
+    epoch = record["epoch"]
+    due = args.eval_step > 0 and ((epoch + 1) % args.eval_step == 0 or epoch + 1 == args.epochs)
+    is_best = False
+    if due and ctx.dist.is_main:
+        results = evaluate(unwrap(model), args.dataset, args.data_dir, device=ctx.device, trial=args.trial,
+                           modes=(args.mode,), gallery_trials=args.eval_trials, directions=("visible2thermal",),
+                           img_h=args.img_h, img_w=args.img_w, cache=ctx.cache(args, "lanczos"),
+                           batch_size=args.test_batch, workers=args.workers, progress=False)
+        record["eval"] = {k: v["mean"] for k, v in results.items()}
+        for line in format_results(results):
+            if "MEAN" in line:
+                ctx.logger.info(line)
+        r1 = next(iter(results.values()))["mean"]["r1"]
+        is_best, best = r1 > best, max(best, r1)
+    record["seconds"] = timer()
+    if ctx.dist.is_main:
+        ckpt = make_checkpoint(model, stage="mmm", phase="train", dataset=args.dataset, trial=args.trial,
+                               epoch=epoch, args=vars(args), optimizer=optimizer, metrics=record,
+                               best_metric=best, extra={"prototypes": {k: v.cpu() for k, v in protos.items()}})
+        atomic_torch_save(ckpt, os.path.join(ctx.run_dir, "last.pth"))
+        if is_best:
+            atomic_torch_save(ckpt, os.path.join(ctx.run_dir, "best.pth"))
+        append_metrics(ctx.run_dir, record)
+    ctx.logger.info(f"[mmm {epoch + 1}/{args.epochs}] lr {record['lr']:.4f} " +
+                    "  ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("loss_", "clean_"))) +
+                    f"  {record['seconds']:.0f}s" + ("  (best)" if is_best else ""))
+    return best
+
+
+def resume(model, optimizer, protos, args, ctx):
+    """With --resume and an existing last.pth: restore model, optimizer, prototypes; (start epoch, best)."""
+    last = os.path.join(ctx.run_dir, "last.pth")
+    if not (args.resume and os.path.exists(last)):
+        return 0, -1.0
+    ckpt = load_checkpoint(last)
+    load_model_state(model, ckpt, last)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for k, v in ckpt["extra"]["prototypes"].items():
+        protos[k].copy_(v)
+    ctx.logger.info(f"resumed from {last} (epoch {ckpt['epoch']})")
+    return ckpt["epoch"] + 1, ckpt.get("best_metric") or -1.0

@@ -1,0 +1,135 @@
+"""Stage-2 building blocks (method.md F): pseudo-labels from MMLM, loaders, the three passes."""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from data.images import ImageDataset, PairedDataset
+from data.samplers import CrossModalIdentitySampler, FullPassSampler
+from memory.prototypes import PrototypeAccumulator
+from model.losses import batch_hard_triplet, intra_modality_loss, inter_modality_loss, soft_id_loss
+from utils.device import replica_order
+
+
+def stage2_lr(epoch: int, base: float) -> float:
+    """Released schedule (F.4): linear warm-up over 10 epochs, then /10 at 20 and 40."""
+    if epoch < 10:
+        return base * (epoch + 1) / 10
+    return base * (1.0 if epoch < 20 else 0.1 if epoch < 40 else 0.01)
+
+
+def set_lr(optimizer, epoch: int, base: float) -> float:
+    """Apply :func:`stage2_lr`; group 0 (backbone) runs at a tenth of it. Returns the base rate."""
+    lr = stage2_lr(epoch, base)
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = lr * (0.1 if i == 0 else 1.0)
+    return lr
+
+
+def paired_dataset(data, transforms, args, cache) -> PairedDataset:
+    """(rgb two views, ir) pairs over the labelled training samples (lanczos pre-resize, F.2)."""
+    rgb_tf, ir_tf = transforms
+    kw = dict(h=args.img_h, w=args.img_w, interpolation="lanczos", cache=cache)
+    return PairedDataset(ImageDataset(data["rgb"], rgb_tf, labels=data["labels_rgb"], **kw),
+                         ImageDataset(data["ir"], ir_tf, labels=data["labels_ir"], **kw))
+
+
+def loader(dataset, sampler, args, device) -> DataLoader:
+    """DataLoader over a batch sampler of (i_rgb, i_ir) pairs."""
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers,
+                      pin_memory=device.type == "cuda")
+
+
+def full_pass(data, args, ctx, epoch: int) -> FullPassSampler:
+    """Sampler of the warm-up and clean-probability passes: 24 unrelated pairs per batch."""
+    s = FullPassSampler(len(data["rgb"]), len(data["ir"]), batch_size=args.batch_ids * args.num_pos,
+                        seed=args.seed, rank=ctx.dist.rank, world_size=ctx.dist.world_size)
+    s.set_epoch(epoch)
+    return s
+
+
+def identity_pass(data, args, ctx, epoch: int) -> CrossModalIdentitySampler:
+    """Sampler of the training and prototype passes: batch_ids x num_pos per modality."""
+    s = CrossModalIdentitySampler(data["labels_rgb"], data["labels_ir"], batch_ids=args.batch_ids,
+                                  num_pos=args.num_pos, seed=args.seed + 7, rank=ctx.dist.rank,
+                                  world_size=ctx.dist.world_size)
+    s.set_epoch(epoch)
+    return s
+
+
+def forward_batch(model, batch, device) -> Dict[str, torch.Tensor]:
+    """One mixed forward of (view1, view2, ir): pooled features a, b, t, logits, labels y, z, indices."""
+    (v1, v2), y, _, i_rgb, t, z, _, i_ir = batch
+    x_rgb = torch.cat([v1, v2]).to(device, non_blocking=True)
+    out = model(x_rgb=x_rgb, x_ir=t.to(device, non_blocking=True))
+    pool, logits = out.pool, out.logits
+    order = replica_order(len(x_rgb), len(t), model)
+    if order is not None:
+        pool, logits = pool[order.to(pool.device)], logits[order.to(pool.device)]
+    n = len(v1)
+    return dict(a=pool[:n], b=pool[n:2 * n], t=pool[2 * n:], logits=logits, y=y.to(device), z=z.to(device),
+                i_rgb=i_rgb.to(device), i_ir=i_ir.to(device))
+
+
+def batch_losses(o, probs, protos, args, epoch: int) -> Dict[str, torch.Tensor]:
+    """L = L_id + L_tri + lambda_intra L_intra + lambda_inter L_inter (F.6), each term named."""
+    y3 = torch.cat([o["y"], o["y"], o["z"]])
+    pa, pb, pt = probs["v1"][o["i_rgb"]], probs["v2"][o["i_rgb"]], probs["ir"][o["i_ir"]]
+    weights = torch.cat([pa, pb, pt]) if args.id_loss == "soft" else None
+    losses = {"id": soft_id_loss(o["logits"], y3, weights),
+              "tri": batch_hard_triplet(torch.cat([o["a"], o["b"], o["t"]]), y3, margin=args.margin)}
+    if args.intra_weight > 0:
+        losses["intra"] = args.intra_weight * intra_modality_loss(
+            o["a"], o["b"], o["t"], o["y"], o["z"], pa, pb, pt, protos["v1"], protos["v2"], protos["ir"],
+            kind=args.intra_loss)
+    if args.inter_weight > 0 and epoch >= args.inter_start_epoch:
+        losses["inter"] = args.inter_weight * inter_modality_loss(o["a"], o["b"], o["t"], o["y"], o["z"])
+    return losses
+
+
+@torch.no_grad()
+def per_sample_losses(model, dataset, sampler, args, ctx, n_rgb: int, n_ir: int) -> Tuple[np.ndarray, ...]:
+    """Clean-probability pass (F.5 step 1): per-sample CE of view1, view2 and ir, last visit wins.
+
+    Runs in train mode under no_grad, as released (BatchNorm running statistics are updated).
+    Returns three float arrays (N_rgb,), (N_rgb,), (N_ir,) (gathered over ranks under torchrun).
+    """
+    from utils.distributed import all_gather_rows
+
+    model.train()
+    dev = ctx.device
+    loss = {k: torch.full((n,), -1.0, device=dev) for k, n in (("v1", n_rgb), ("v2", n_rgb), ("ir", n_ir))}
+    for batch in loader(dataset, sampler, args, dev):
+        o = forward_batch(model, batch, dev)
+        n = len(o["a"])
+        ce = F.cross_entropy(o["logits"], torch.cat([o["y"], o["y"], o["z"]]), reduction="none")
+        rows = {"v1": (o["i_rgb"], ce[:n]), "v2": (o["i_rgb"], ce[n:2 * n]), "ir": (o["i_ir"], ce[2 * n:])}
+        for key, (idx, val) in rows.items():
+            if ctx.dist.enabled:  # every rank needs every rank's visits
+                idx = all_gather_rows(idx, ctx.dist, len(idx) * ctx.dist.world_size)
+                val = all_gather_rows(val, ctx.dist, len(val) * ctx.dist.world_size)
+            loss[key][idx] = val
+    return tuple(loss[k].cpu().numpy() for k in ("v1", "v2", "ir"))
+
+
+@torch.no_grad()
+def prototype_pass(model, dataset, sampler, probs, old, args, ctx) -> Dict[str, torch.Tensor]:
+    """Prototype refresh (F.5 step 4): Σ p·f / count per class over a pass of the training batches."""
+    model.train()
+    dev = ctx.device
+    acc = {k: PrototypeAccumulator(old[k].shape[0], old[k].shape[1], device=dev) for k in old}
+    for batch in loader(dataset, sampler, args, dev):
+        o = forward_batch(model, batch, dev)
+        acc["v1"].add(o["a"].float(), o["y"], probs["v1"][o["i_rgb"]])
+        acc["v2"].add(o["b"].float(), o["y"], probs["v2"][o["i_rgb"]])
+        acc["ir"].add(o["t"].float(), o["z"], probs["ir"][o["i_ir"]])
+    if ctx.dist.enabled:
+        import torch.distributed as tdist
+        for a in acc.values():
+            tdist.all_reduce(a.sums)
+            tdist.all_reduce(a.counts)
+    return {k: acc[k].result(old[k]) for k in old}
