@@ -5,18 +5,7 @@ checkpoint and the pseudo-label artifact that main.py (stage 2) starts from.
 """
 import sys
 
-from utils.cli import run_cli
-
-
-def main(argv=None):
-    """Parse the flags and run stage 1."""
-    from utils.args import baseline_parser, parse
-
-    args = parse(baseline_parser("regdb"), argv, dataset="regdb")
-    from utils.baseline import check_baseline_args, run_baseline  # after parsing: fast --help
-    check_baseline_args(args)
-    run_baseline(args)
-
+from utils.cli import baseline_main, run_cli
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(lambda argv: baseline_main("regdb", argv)))

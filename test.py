@@ -86,6 +86,10 @@ def main(argv=None):
     from utils.runlog import write_json
 
     args = parse(build_parser(), argv)
+    from utils.distributed import env_rank
+    if env_rank() > 0:  # under torchrun rank 0 evaluates alone (and alone writes the JSON); the rest stop
+        print(f"test.py: rank {env_rank()} has nothing to do, rank 0 evaluates")
+        return
     device = resolve_device(args.device)
     trials = list(range(1, 11)) if args.trial == "all" else [args.trial]
     if args.trial == "all" and "{trial}" not in args.resume_net1:

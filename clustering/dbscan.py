@@ -17,7 +17,7 @@ import torch
 from sklearn.cluster import DBSCAN
 
 from clustering.jaccard import jaccard_entries
-from clustering.knn import ArrayLike
+from clustering.knn import ArrayLike, as_float_tensor
 
 # Entries up to eps + this margin are kept, so float32/float64 rounding of eps in sklearn's own
 # comparison (d <= eps) cannot make the pruned matrix miss a neighbour.
@@ -62,7 +62,7 @@ def pseudo_labels(features: ArrayLike, eps: float, k1: int = 30, k2: int = 6, mi
         raise ValueError(f"min_samples must be >= 1, got {min_samples}")
     if eps >= 1:
         # Every Jaccard distance is <= 1, so every pair is an eps-neighbour: one cluster or all noise.
-        n = int(features.shape[0])
+        n = as_float_tensor(features).shape[0]  # validates the input as the main path does
         return np.full(n, 0 if n >= min_samples else -1, dtype=np.int64)
     rows, cols, dist, n = jaccard_entries(features, k1, k2, modality, knn, device,
                                           max_dist=eps + _EPS_MARGIN)

@@ -28,7 +28,7 @@ import torch
 from clustering.knn import ArrayLike, as_float_tensor, knn_table
 
 # Upper bound on the number of (i, j, k) terms expanded at once in step 5.
-_MAX_TERMS = 1 << 23
+_MAX_TERMS = 1 << 22
 # Upper bound on rows × N of the per-chunk maps: step 2 (bool) and step 5's accumulator (float64).
 _MAX_CELLS = 1 << 21
 
@@ -95,13 +95,16 @@ def expanded_sets(table: np.ndarray, k1: int) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _pair_dots(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """⟨x_r, x_c⟩ for index pairs, float32, gathered in steps of ~64 MB."""
+    """⟨x_r, x_c⟩ for index pairs, float32, gathered in steps of ~64 MB (numpy on CPU, torch elsewhere)."""
     out = np.empty(rows.size, dtype=np.float32)
     step = max(1, (1 << 24) // x.shape[1])
-    with torch.no_grad():
-        for s in range(0, rows.size, step):
-            r = torch.from_numpy(rows[s:s + step]).to(x.device)
-            c = torch.from_numpy(cols[s:s + step]).to(x.device)
+    xn = x.numpy() if x.device.type == "cpu" else None
+    for s in range(0, rows.size, step):
+        r, c = rows[s:s + step], cols[s:s + step]
+        if xn is not None:
+            out[s:s + step] = np.einsum("ij,ij->i", xn[r], xn[c])
+        else:
+            r, c = torch.from_numpy(r).to(x.device), torch.from_numpy(c).to(x.device)
             out[s:s + step] = (x[r] * x[c]).sum(dim=1).cpu().numpy()
     return out
 

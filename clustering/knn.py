@@ -65,20 +65,31 @@ def _merge_sparse(best, rows: torch.Tensor, new):
     if rows.numel() == 0:
         return
     k = best[0].shape[1]
-    act, rows = torch.unique(rows, return_inverse=True)  # only rows that received candidates
-    old = [t[act] for t in best]
+    per_row = torch.bincount(rows, minlength=best[0].shape[0])
+    act = torch.nonzero(per_row, as_tuple=True)[0]  # only rows that received candidates
+    rows = (torch.cumsum(per_row > 0, 0) - 1)[rows]
     own = torch.arange(act.numel(), device=rows.device).repeat_interleave(k)
-    cat = [torch.cat([o.reshape(-1), c]) for o, c in zip(old, new)]
-    r = torch.cat([own, rows])
-    # Lexicographic sort by (row, value, index) with stable sorts, least significant key first.
-    order = cat[2].argsort(stable=True)
-    order = order[cat[0][order].argsort(stable=True)]
-    order = order[r[order].argsort(stable=True)]
-    counts = k + torch.bincount(rows, minlength=act.numel())
+    cat = [torch.cat([t[act].reshape(-1), c]) for t, c in zip(best, new)]
+    # Sort by (row, value) with one stable sort of an int64 key: row in the high word, the order-preserving
+    # bits of the float32 value in the low word. Only if some keys tie, sort by index first (ties → index).
+    bits = cat[0].view(torch.int32)
+    key = (torch.cat([own, rows]) << 32) | ((bits ^ ((bits >> 31) & 0x7FFFFFFF)).long() + 2 ** 31)
+    order = key.argsort(stable=True)
+    if bool((key[order[1:]] == key[order[:-1]]).any()):
+        order = cat[2].argsort(stable=True)
+        order = order[key[order].argsort(stable=True)]
+    counts = k + per_row[act]
     first = torch.cumsum(counts, 0) - counts
     take = order[(first[:, None] + torch.arange(k, device=rows.device)).reshape(-1)]
     for t, c in zip(best, cat):
         t[act] = c[take].view(-1, k)
+
+
+def _merge_dense(best, dist: torch.Tensor, dots: torch.Tensor, k: int, col_offset: int):
+    """Merge the k smallest entries of every row of a dense block into running top-k lists, in place."""
+    new = _block_topk(dist, dots, k, col_offset)
+    _merge_sparse(best, torch.arange(dist.shape[0], device=dist.device).repeat_interleave(new[0].shape[1]),
+                  tuple(t.reshape(-1) for t in new))
 
 
 def _sq_dist(g: torch.Tensor, sq_rows: torch.Tensor, sq_cols: torch.Tensor) -> torch.Tensor:
@@ -86,13 +97,26 @@ def _sq_dist(g: torch.Tensor, sq_rows: torch.Tensor, sq_cols: torch.Tensor) -> t
     return torch.add(sq_rows[:, None], sq_cols[None, :]).add_(g, alpha=-2.0)
 
 
+def _tiles(start: int, stop: int, leaf: int):
+    """Split the diagonal block [start, stop)² into diagonal leaves (size <= leaf) and the off-diagonal
+    rectangles between halves, recursively. Returns (leaves [(a, ea)], rectangles [(a, ea, b, eb)])."""
+    if stop - start <= leaf:
+        return [(start, stop)], []
+    mid = start + (stop - start + 1) // 2
+    lo, hi = _tiles(start, mid, leaf), _tiles(mid, stop, leaf)
+    return lo[0] + hi[0], [(start, mid, mid, stop)] + lo[1] + hi[1]
+
+
 def _knn_torch(x: torch.Tensor, k: int, chunk: int):
     """Blocked symmetric exact search; x (N, D) float32.
 
-    Pass 1 runs the diagonal blocks (a, a) with a dense top-k, which gives every row a first k-th distance
-    τ_i. Pass 2 visits each off-diagonal block (a, b), a < b, once: an entry can only enter row i's list if
-    d_ij <= τ_i, so both the a-rows (d <= τ_a, row-wise) and the b-rows (d <= τ_b, column-wise — the block
-    is its own transpose's data) only merge the few entries below their thresholds.
+    The upper triangle of the Gram matrix is tiled with chunk-sized blocks; the diagonal blocks are split
+    recursively into halves down to chunk/2, so only the diagonal leaves are computed in full (the wasted
+    lower half of the leaves is N·chunk/4 entries). Pass 1 runs the leaves with a dense top-k, which
+    gives every row a first k-th distance τ_i. Pass 2 visits every off-diagonal rectangle (a, b) once: an
+    entry can only enter row i's list if d_ij <= τ_i, so the a-rows (d <= τ_a, row-wise) and the b-rows
+    (d <= τ_b, column-wise — the rectangle is its transpose's data) only merge the entries below their
+    thresholds (or, when more than 1/16 of the entries pass, a dense top-k of each side).
 
     Returns (indices (N, k) int64, squared distances (N, k), inner products ⟨x_i, x_j⟩ (N, k)).
     """
@@ -100,26 +124,33 @@ def _knn_torch(x: torch.Tensor, k: int, chunk: int):
     sq = (x * x).sum(dim=1)
     best = [torch.full((n, k), float("inf"), device=x.device), torch.zeros((n, k), device=x.device),
             torch.full((n, k), -1, dtype=torch.int64, device=x.device)]
-    blocks = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-    for a, ea in blocks:
+    starts = list(range(0, n, chunk))
+    leaves, rects = [], [(a, min(a + chunk, n), b, min(b + chunk, n)) for a in starts for b in starts if b > a]
+    for a in starts:
+        tiles = _tiles(a, min(a + chunk, n), max(1, chunk // 2))
+        leaves += tiles[0]
+        rects += tiles[1]
+    for a, ea in leaves:
         g = x[a:ea] @ x[a:ea].t()
         d = _sq_dist(g, sq[a:ea], sq[a:ea]).fill_diagonal_(float("-inf"))  # self pinned first
         for t, v in zip(best, _block_topk(d, g, k, a)):
             t[a:ea, : v.shape[1]] = v
-    for ia, (a, ea) in enumerate(blocks):
-        for b, eb in blocks[ia + 1:]:
-            g = x[a:ea] @ x[b:eb].t()
-            d = _sq_dist(g, sq[a:ea], sq[b:eb])
-            to_a = d <= best[0][a:ea, -1:]  # non-strict: a tie with the k-th may still win on index
-            to_b = d <= best[0][b:eb, -1][None, :]
-            r, c = torch.nonzero(to_a | to_b, as_tuple=True)
-            va, vb = to_a[r, c], to_b[r, c]
-            vals, dots = d[r, c], g[r, c]
-            view_a = [t[a:ea] for t in best]
-            _merge_sparse(view_a, r[va], (vals[va], dots[va], c[va] + b))
-            view_b = [t[b:eb] for t in best]
-            _merge_sparse(view_b, c[vb], (vals[vb], dots[vb], r[vb] + a))
-            del g, d, to_a, to_b
+    for a, ea, b, eb in rects:
+        g = x[a:ea] @ x[b:eb].t()
+        d = _sq_dist(g, sq[a:ea], sq[b:eb])
+        to_a = d <= best[0][a:ea, -1:]  # non-strict: a tie with the k-th may still win on index
+        to_b = d <= best[0][b:eb, -1][None, :]
+        if int(to_a.sum()) + int(to_b.sum()) > d.numel() // 16:
+            # Loose thresholds (early rectangles of unordered data): a dense top-k per side is cheaper.
+            del to_a, to_b
+            _merge_dense([t[a:ea] for t in best], d, g, k, b)
+            _merge_dense([t[b:eb] for t in best], d.t().contiguous(), g.t(), k, a)
+            continue
+        r, c = torch.nonzero(to_a | to_b, as_tuple=True)
+        va, vb = to_a[r, c], to_b[r, c]
+        vals, dots = d[r, c], g[r, c]
+        _merge_sparse([t[a:ea] for t in best], r[va], (vals[va], dots[va], c[va] + b))
+        _merge_sparse([t[b:eb] for t in best], c[vb], (vals[vb], dots[vb], r[vb] + a))
     best[0][:, 0] = 0.0
     return best[2], best[0].clamp_(min=0.0), best[1]
 
@@ -169,7 +200,7 @@ def knn_search(features: ArrayLike, k: int, knn: str = "torch",
         k: neighbours per point including the point itself; clamped to N.
         knn: "torch" (blocked matmul on ``device``) or "faiss" (exact flat index, CPU; needs faiss).
         device: torch device for the "torch" backend; default = the device of ``features`` (CPU for numpy).
-        chunk: block size of the Gram matrix; peak extra memory ≈ 2·chunk²·4 bytes + N·k·12 bytes.
+        chunk: block size of the Gram matrix; peak extra memory ≈ 11·chunk² bytes + N·k·16 bytes.
 
     Returns:
         (indices, distances): int64 (N, k') and float32 (N, k') numpy arrays, k' = min(k, N), rows sorted by

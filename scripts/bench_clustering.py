@@ -104,8 +104,8 @@ def run_worker(args) -> dict:
                                knn=args.knn, device=args.device)
         times.append((time.perf_counter() - t0, time.process_time() - c0))
     best = min(times)
-    res = dict(case=name, n=int(len(features)), seconds=best[0], cpu_seconds=best[1],
-               peak_mb=_max_rss_mb() - rss0, ari=float(adjusted_rand_score(gt, labels)),
+    peak_mb = _max_rss_mb() - rss0  # before the optional dense check below
+    res = dict(case=name, n=int(len(features)), seconds=best[0], cpu_seconds=best[1], peak_mb=peak_mb, ari=float(adjusted_rand_score(gt, labels)),
                threads=torch.get_num_threads(), **cluster_stats(labels))
     if name in (args.check_dense or []):
         from sklearn.cluster import DBSCAN

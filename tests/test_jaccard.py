@@ -1,4 +1,6 @@
 """Tests of clustering.knn and clustering.jaccard against a literal loop implementation of method.md D.2/D.3."""
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -87,6 +89,30 @@ def test_knn_matches_bruteforce(n, k, chunk):
     assert (idx[:, 0] == np.arange(n)).all() and (dist[:, 0] == 0).all()
 
 
+def test_knn_sparse_and_dense_merge_paths(monkeypatch):
+    """Cluster-sorted data: later rectangles merge only the entries below the rows' k-th distance (sparse
+    path), early ones fall back to a dense top-k; both must give the exact table."""
+    from clustering import knn as K
+    calls = {"sparse": 0, "dense": 0}
+    sparse, dense = K._merge_sparse, K._merge_dense
+
+    def count_sparse(best, rows, new):
+        calls["sparse"] += int(rows.numel() > 0)
+        return sparse(best, rows, new)
+
+    def count_dense(*args):
+        calls["dense"] += 1
+        return dense(*args)
+
+    monkeypatch.setattr(K, "_merge_sparse", count_sparse)
+    monkeypatch.setattr(K, "_merge_dense", count_dense)
+    f = blobs(600, centres=12, spread=0.3, seed=600)
+    f = f[np.argsort(np.argmax(f @ f[:12].T, axis=1), kind="stable")]
+    for k, chunk in [(20, 128), (10, 64)]:
+        np.testing.assert_array_equal(knn_search(f, k, chunk=chunk)[0], brute_table(f, k))
+    assert calls["dense"] > 0 and calls["sparse"] > calls["dense"]
+
+
 def test_knn_chunk_invariance_and_torch_input():
     f = blobs(300, seed=3, normalise=False)
     a = knn_search(f, 25, chunk=4096)
@@ -117,6 +143,12 @@ def test_knn_clamps_k_and_validates():
         knn_search(np.full((4, 3), np.nan, np.float32), 2)
     with pytest.raises(ValueError):
         knn_search(blobs(5), 2, knn="annoy")
+
+
+def test_faiss_missing_gives_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
+    with pytest.raises(ImportError, match="faiss-cpu"):
+        knn_search(blobs(20), 5, knn="faiss")
 
 
 def test_faiss_matches_torch():

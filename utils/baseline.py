@@ -23,7 +23,9 @@ from utils.baseline_steps import (build_memory, cluster_epoch, clustering_report
                                   memory_step, train_loader)
 from utils.checkpoint import atomic_torch_save, load_checkpoint, load_model_state, make_checkpoint
 from utils.device import unwrap
-from utils.distributed import all_gather_rows, barrier, broadcast_object, wrap_model
+from utils.distributed import (all_gather_rows, barrier, debug_dump, debug_note_write,
+                               decorrelate_rng, env_world_size, mean_over_ranks, run_on_main, state_digest,
+                               sync_buffers, wrap_model)
 from utils.evaluation import evaluate, format_results
 from utils.features import extract_features
 from utils.run import Timer, prepare_run
@@ -42,6 +44,7 @@ def extract_train(model, samples, args, ctx, desc: str) -> torch.Tensor:
               flip=True, renormalize=False, amp=args.amp, desc=desc, progress=ctx.dist.is_main)
     if not ctx.dist.enabled:
         return extract_features(model, samples, **kw)
+    sync_buffers(model, ctx.dist)  # every shard embedded with the same BatchNorm statistics
     per = math.ceil(len(samples) / ctx.dist.world_size)
     shard = list(samples[ctx.dist.rank * per:(ctx.dist.rank + 1) * per]) or [samples[-1]]
     shard += [shard[-1]] * (per - len(shard))  # equal sizes for all_gather
@@ -104,7 +107,8 @@ def train_epoch(model, optimizer, loaders, memories, args, ctx, joint: bool) -> 
                 sums[pre + k] = sums.get(pre + k, 0.0) + float(v.detach())
         if (it + 1) % args.print_freq == 0:
             bar.set_postfix({k: f"{v / (it + 1):.3f}" for k, v in sums.items()})
-    return {k: v / args.iters for k, v in sums.items()}
+    # Each rank's loss is the mean over its slice; their average is the global-batch loss.
+    return mean_over_ranks({k: v / args.iters for k, v in sums.items()}, ctx.dist)
 
 
 def epoch_data(model, data, args, ctx, epoch: int, joint: bool, tag: str):
@@ -113,7 +117,7 @@ def epoch_data(model, data, args, ctx, epoch: int, joint: bool, tag: str):
     Memories or loaders are None where the clustering cannot support training this epoch.
     """
     feats = {m: extract_train(model, data[m], args, ctx, desc=f"features {m}") for m in (RGB, IR)}
-    labels = broadcast_object(cluster_epoch(feats, args, joint) if ctx.dist.is_main else None, ctx.dist)
+    labels = run_on_main(lambda: cluster_epoch(feats, args, joint), ctx.dist)
     report = clustering_report(labels, len(data[RGB]))
     if args.report_ari:
         report.update(ari_report(labels, data))
@@ -121,6 +125,9 @@ def epoch_data(model, data, args, ctx, epoch: int, joint: bool, tag: str):
                                           for k, v in report.items()))
     rgb_tf, ir_tf = data["transforms"]
     memories = {m: build_memory(feats[m], labels[m], args, ctx.device) for m in (RGB, IR)}
+    debug_dump(f"stage1_{'joint' if joint else 'intra'}_e{epoch}_labels",
+               {**labels, **{f"memory_{m}": memories[m].features for m in (RGB, IR) if memories[m] is not None}},
+               ctx.dist)
     loaders = {m: train_loader(data[m], labels[m], tf, args, ctx, epoch, i)
                for i, (m, tf) in enumerate(((RGB, rgb_tf), (IR, ir_tf)))}
     if joint:
@@ -141,21 +148,35 @@ def epoch_data(model, data, args, ctx, epoch: int, joint: bool, tag: str):
     return memories, loaders, report
 
 
-def phase_start(phase: str, model, optimizer, scheduler, ctx) -> (int, float):
-    """Resume a phase from its last.pth, or start the joint phase from the intra phase's best model."""
-    last = os.path.join(ctx.run_dir, phase, "last.pth")
+def _phase_checkpoint(phase: str, run_dir: str):
+    """(path, checkpoint) a phase starts from: its own last.pth, for the joint phase else the intra
+    phase's best (or last) model; (None, None) for a fresh intra phase."""
+    last = os.path.join(run_dir, phase, "last.pth")
     if os.path.exists(last):
-        ckpt = load_checkpoint(last)
-        load_model_state(model, ckpt, last)
+        return last, load_checkpoint(last)
+    if phase == "joint":
+        src = os.path.join(run_dir, "intra", "best.pth")
+        src = src if os.path.exists(src) else os.path.join(run_dir, "intra", "last.pth")
+        return src, load_checkpoint(src)
+    return None, None
+
+
+def phase_start(phase: str, model, optimizer, scheduler, ctx) -> (int, float):
+    """Resume a phase from its last.pth, or start the joint phase from the intra phase's best model.
+
+    Rank 0 reads the checkpoint and broadcasts it, so the other ranks need neither a shared file
+    system nor a barrier to see the files rank 0 wrote.
+    """
+    src, ckpt = run_on_main(lambda: _phase_checkpoint(phase, ctx.run_dir), ctx.dist)
+    if ckpt is None:
+        return 0, -1.0
+    load_model_state(model, ckpt, src)
+    if ckpt["phase"] == phase:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        ctx.logger.info(f"resumed {phase} phase from {last} (epoch {ckpt['epoch']})")
+        ctx.logger.info(f"resumed {phase} phase from {src} (epoch {ckpt['epoch']})")
         return ckpt["epoch"] + 1, ckpt.get("best_metric") or -1.0
-    if phase == "joint":
-        src = os.path.join(ctx.run_dir, "intra", "best.pth")
-        src = src if os.path.exists(src) else os.path.join(ctx.run_dir, "intra", "last.pth")
-        load_model_state(model, load_checkpoint(src), src)
-        ctx.logger.info(f"joint phase starts from {src}")
+    ctx.logger.info(f"joint phase starts from {src}")
     return 0, -1.0
 
 
@@ -192,18 +213,26 @@ def run_phase(phase: str, model, data, args, ctx) -> None:
             is_best = metric > best
             best = max(best, metric)
         record["seconds"] = timer()
+        sync_buffers(model, ctx.dist)  # all ranks hold the state that rank 0 saves
+        debug_dump(f"stage1_{phase}_e{epoch}_model", state_digest(model), ctx.dist)
         if ctx.dist.is_main:
             ckpt = make_checkpoint(model, stage="baseline", phase=phase, dataset=args.dataset, trial=args.trial,
                                    epoch=epoch, args=vars(args), optimizer=optimizer, scheduler=scheduler,
                                    metrics=record, best_metric=best)
-            atomic_torch_save(ckpt, os.path.join(ctx.run_dir, phase, "last.pth"))
+            save_checkpoint(ckpt, os.path.join(ctx.run_dir, phase, "last.pth"), ctx)
             if is_best:
-                atomic_torch_save(ckpt, os.path.join(ctx.run_dir, phase, "best.pth"))
+                save_checkpoint(ckpt, os.path.join(ctx.run_dir, phase, "best.pth"), ctx)
             append_metrics(ctx.run_dir, record)
         ctx.logger.info(f"[{phase} {epoch + 1}/{args.epochs}] lr {lr:.2e} " +
                         "  ".join(f"{k} {v:.3f}" for k, v in losses.items()) +
                         f"  {record['seconds']:.0f}s" + ("  (best)" if is_best else ""))
         barrier(ctx.dist)
+
+
+def save_checkpoint(ckpt, path: str, ctx) -> None:
+    """Atomic write (rank 0 only: the callers check), noted for the distributed test."""
+    atomic_torch_save(ckpt, path)
+    debug_note_write(path, ctx.dist)
 
 
 def export(model, data, args, ctx) -> str:
@@ -219,7 +248,7 @@ def export(model, data, args, ctx) -> str:
                          {m: feats[m].numpy() for m in (RGB, IR)}, labels, meta)
     ckpt = make_checkpoint(model, stage="baseline", phase="final", dataset=args.dataset, trial=args.trial,
                            epoch=args.epochs - 1, args=vars(args), metrics=report)
-    atomic_torch_save(ckpt, os.path.join(ctx.run_dir, "final.pth"))
+    save_checkpoint(ckpt, os.path.join(ctx.run_dir, "final.pth"), ctx)
     ctx.logger.info(f"stage-1 artifact {path} ({report['rgb_clusters']} rgb / {report['ir_clusters']} ir "
                     f"clusters); checkpoint for stage 2: {os.path.join(ctx.run_dir, 'final.pth')}")
     return path
@@ -228,7 +257,7 @@ def export(model, data, args, ctx) -> str:
 def run_baseline(args) -> str:
     """The whole of stage 1; returns the run directory."""
     ctx = prepare_run(args, "baseline", last_checkpoint=os.path.join("intra", "last.pth"))
-    if os.path.exists(os.path.join(ctx.run_dir, "final.pth")):
+    if run_on_main(lambda: os.path.exists(os.path.join(ctx.run_dir, "final.pth")), ctx.dist):
         ctx.logger.info(f"{ctx.run_dir} is complete (final.pth exists); nothing to do")
         return ctx.run_dir
     rgb, ir = load_train(args.dataset, args.data_dir, args.trial)
@@ -236,8 +265,10 @@ def run_baseline(args) -> str:
     data = {RGB: rgb, IR: ir, "transforms": build_train_transforms(args.img_h, args.img_w)}
     model = build_model(arch=args.arch, num_classes=0, pretrained=args.pretrained).to(ctx.device)
     model = wrap_model(model, ctx.dist, ctx.device, sync_bn=args.sync_bn)
+    decorrelate_rng(args.seed, ctx.dist)
+    in_joint = run_on_main(lambda: os.path.exists(os.path.join(ctx.run_dir, "joint", "last.pth")), ctx.dist)
     for phase in PHASES:
-        if phase == "intra" and os.path.exists(os.path.join(ctx.run_dir, "joint", "last.pth")):
+        if phase == "intra" and in_joint:
             continue  # resuming inside the joint phase
         run_phase(phase, model, data, args, ctx)
     export(model, data, args, ctx)
@@ -249,5 +280,10 @@ def check_baseline_args(args) -> None:
     """Flag sanity checks that would otherwise fail deep inside a loader."""
     if args.batch_size % args.num_instances:
         raise DataError(f"--batch-size {args.batch_size} must be a multiple of --num-instances {args.num_instances}")
+    world = env_world_size()
+    if args.batch_size % (args.num_instances * world):
+        # --batch-size is the global batch: each torchrun process takes whole identities of it.
+        raise DataError(f"--batch-size {args.batch_size} must be a multiple of --num-instances x processes "
+                        f"({args.num_instances} x {world}) so that every process gets whole pseudo-identities")
     if args.epochs < 1 or args.iters < 1:
         raise DataError("--epochs and --iters must be at least 1")

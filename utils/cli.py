@@ -22,3 +22,14 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Se
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def baseline_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
+    """Parse the stage-1 flags of ``dataset`` and run stage 1 (the body of baseline_<dataset>.py)."""
+    from utils.args import baseline_parser, parse
+
+    args = parse(baseline_parser(dataset), argv, dataset=dataset)
+    from utils.baseline import check_baseline_args, run_baseline  # after parsing: a fast --help
+
+    check_baseline_args(args)
+    run_baseline(args)

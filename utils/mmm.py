@@ -23,10 +23,11 @@ from utils.artifacts import align_to_samples, find_artifact, load_artifact
 from utils.checkpoint import (atomic_torch_save, check_compatible, load_checkpoint, load_model_state,
                               make_checkpoint)
 from utils.device import unwrap
-from utils.distributed import barrier, broadcast_object, wrap_model
+from utils.distributed import (barrier, debug_dump, debug_note_write, decorrelate_rng, run_on_main, state_digest,
+                               sync_buffers, wrap_model)
 from utils.evaluation import evaluate, format_results
-from utils.mmm_steps import (batch_losses, forward_batch, full_pass, identity_pass, loader, paired_dataset,
-                             per_sample_losses, prototype_pass, set_lr)
+from utils.mmm_steps import (batch_losses, forward_batch, full_pass, gather_outputs, identity_pass, loader,
+                             paired_dataset, per_sample_losses, prototype_pass, set_lr)
 from utils.run import Timer, prepare_run
 from utils.runlog import append_metrics
 
@@ -60,8 +61,13 @@ def matched_labels(args, ctx, rgb, ir) -> Dict[str, np.ndarray]:
 
 def training_data(args, ctx) -> Dict:
     """Labelled samples of both modalities (outliers dropped); classes = infrared clusters."""
+    world = ctx.dist.world_size
+    if args.batch_ids % world:
+        raise DataError(f"--batch-ids {args.batch_ids} must be a multiple of the number of processes ({world}): "
+                        "the batch is split across them by whole identities")
     rgb, ir = load_train(args.dataset, args.data_dir, args.trial)
-    labels = broadcast_object(matched_labels(args, ctx, rgb, ir) if ctx.dist.is_main else None, ctx.dist)
+    labels = run_on_main(lambda: matched_labels(args, ctx, rgb, ir), ctx.dist)
+    debug_dump("stage2_labels", labels, ctx.dist)
     keep_rgb, keep_ir = labels["rgb"] >= 0, labels["ir"] >= 0
     data = {"rgb": [s for s, k in zip(rgb, keep_rgb) if k], "ir": [s for s, k in zip(ir, keep_ir) if k],
             "labels_rgb": labels["rgb"][keep_rgb], "labels_ir": labels["ir"][keep_ir]}
@@ -78,7 +84,8 @@ def training_data(args, ctx) -> Dict:
 
 def build_stage2_model(args, ctx, num_classes: int):
     """The network: stage-1 weights (--init baseline) or --pretrained backbone (--init imagenet)."""
-    ckpt = load_checkpoint(args.resume_net1, flag="--resume_net1")
+    # Rank 0 reads and broadcasts: the other ranks need not see the file (multi-node without shared storage).
+    ckpt = run_on_main(lambda: load_checkpoint(args.resume_net1, flag="--resume_net1"), ctx.dist)
     check_compatible(ckpt, args.resume_net1, arch=args.arch, dataset=args.dataset, trial=args.trial)
     pretrained = args.pretrained if args.init == "imagenet" else "none"
     model = build_model(arch=args.arch, num_classes=num_classes, pretrained=pretrained)
@@ -97,7 +104,8 @@ def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch
     sums: Dict[str, float] = {}
     for it, batch in enumerate(tqdm(loader(dataset, sampler, args, ctx.device), total=len(sampler),
                                     desc="warm-up" if warm else "train", leave=False, disable=not ctx.dist.is_main)):
-        o = forward_batch(model, batch, ctx.device)
+        # The losses see the global batch (triplet negatives come from every rank's identities).
+        o = gather_outputs(forward_batch(model, batch, ctx.device), ctx.dist)
         if warm:
             losses = {"id": torch.nn.functional.cross_entropy(o["logits"], torch.cat([o["y"], o["y"], o["z"]]))}
         else:
@@ -107,7 +115,8 @@ def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch
             raise DataError(f"the loss became {float(loss)} at epoch {epoch} iteration {it}; stopped, the last "
                             f"good checkpoint is {os.path.join(ctx.run_dir, 'last.pth')} — lower --lr and --resume")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Gradient reaches only the local rows and DDP averages over ranks: scale back to the global gradient.
+        (loss * ctx.dist.world_size if ctx.dist.enabled else loss).backward()
         optimizer.step()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -118,7 +127,8 @@ def clean_probs(model, dataset, data, args, ctx, epoch: int) -> Dict[str, torch.
     """GMM clean probabilities of every sample (computed on rank 0 from the gathered losses)."""
     lv1, lv2, lir = per_sample_losses(model, dataset, full_pass(data, args, ctx, epoch + 10_000), args, ctx,
                                       len(data["rgb"]), len(data["ir"]))
-    p = broadcast_object(clean_probabilities(lv1, lv2, lir, seed=args.seed) if ctx.dist.is_main else None, ctx.dist)
+    p = run_on_main(lambda: clean_probabilities(lv1, lv2, lir, seed=args.seed), ctx.dist)
+    debug_dump(f"stage2_e{epoch}_clean", dict(zip(("v1", "v2", "ir"), p)), ctx.dist)
     return {k: torch.as_tensor(v, dtype=torch.float32, device=ctx.device) for k, v in zip(("v1", "v2", "ir"), p)}
 
 
@@ -133,6 +143,7 @@ def run_mmm(args) -> str:
     protos = {k: torch.zeros(n_cls, dim, device=ctx.device) for k in ("v1", "v2", "ir")}
     start, best = resume(model, optimizer, protos, args, ctx)
     model = wrap_model(model, ctx.dist, ctx.device, sync_bn=args.sync_bn)
+    decorrelate_rng(args.seed, ctx.dist)
     dataset = paired_dataset(data, build_train_transforms(args.img_h, args.img_w), args, ctx.cache(args, "lanczos"))
     for epoch in range(start, args.epochs):
         timer, lr = Timer(), set_lr(optimizer, epoch, args.lr)
@@ -167,13 +178,15 @@ def end_of_epoch(model, optimizer, protos, record, best, args, ctx, timer) -> fl
         r1 = next(iter(results.values()))["mean"]["r1"]
         is_best, best = r1 > best, max(best, r1)
     record["seconds"] = timer()
+    sync_buffers(model, ctx.dist)  # all ranks hold the state that rank 0 saves
+    debug_dump(f"stage2_e{epoch}_model", {**state_digest(model), **protos}, ctx.dist)
     if ctx.dist.is_main:
         ckpt = make_checkpoint(model, stage="mmm", phase="train", dataset=args.dataset, trial=args.trial,
                                epoch=epoch, args=vars(args), optimizer=optimizer, metrics=record,
                                best_metric=best, extra={"prototypes": {k: v.cpu() for k, v in protos.items()}})
-        atomic_torch_save(ckpt, os.path.join(ctx.run_dir, "last.pth"))
-        if is_best:
-            atomic_torch_save(ckpt, os.path.join(ctx.run_dir, "best.pth"))
+        for name in ("last.pth", "best.pth") if is_best else ("last.pth",):
+            atomic_torch_save(ckpt, os.path.join(ctx.run_dir, name))
+            debug_note_write(os.path.join(ctx.run_dir, name), ctx.dist)
         append_metrics(ctx.run_dir, record)
     ctx.logger.info(f"[mmm {epoch + 1}/{args.epochs}] lr {record['lr']:.4f} " +
                     "  ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("loss_", "clean_"))) +
@@ -182,11 +195,14 @@ def end_of_epoch(model, optimizer, protos, record, best, args, ctx, timer) -> fl
 
 
 def resume(model, optimizer, protos, args, ctx):
-    """With --resume and an existing last.pth: restore model, optimizer, prototypes; (start epoch, best)."""
+    """With --resume and an existing last.pth: restore model, optimizer, prototypes; (start epoch, best).
+
+    Rank 0 reads the checkpoint and broadcasts it (no shared file system or barrier needed).
+    """
     last = os.path.join(ctx.run_dir, "last.pth")
-    if not (args.resume and os.path.exists(last)):
+    ckpt = run_on_main(lambda: load_checkpoint(last) if args.resume and os.path.exists(last) else None, ctx.dist)
+    if ckpt is None:
         return 0, -1.0
-    ckpt = load_checkpoint(last)
     load_model_state(model, ckpt, last)
     optimizer.load_state_dict(ckpt["optimizer"])
     for k, v in ckpt["extra"]["prototypes"].items():

@@ -75,6 +75,21 @@ def forward_batch(model, batch, device) -> Dict[str, torch.Tensor]:
                 i_rgb=i_rgb.to(device), i_ir=i_ir.to(device))
 
 
+def gather_outputs(o: Dict[str, torch.Tensor], dist) -> Dict[str, torch.Tensor]:
+    """:func:`forward_batch` outputs of the global batch under torchrun (rank order = the
+    single-process batch); only this rank's rows carry gradients (see ``gather_keep_grad``)."""
+    if not dist.enabled:
+        return o
+    from utils.distributed import gather_keep_grad
+
+    out = {k: gather_keep_grad(o[k], dist) for k in ("a", "b", "t", "y", "z", "i_rgb", "i_ir")}
+    # logits are [view1; view2; ir] rows: gather each block so the global order stays the same.
+    n = len(o["a"])
+    blocks = (o["logits"][:n], o["logits"][n:2 * n], o["logits"][2 * n:])
+    out["logits"] = torch.cat([gather_keep_grad(x, dist) for x in blocks])
+    return out
+
+
 def batch_losses(o, probs, protos, args, epoch: int) -> Dict[str, torch.Tensor]:
     """L = L_id + L_tri + lambda_intra L_intra + lambda_inter L_inter (F.6), each term named."""
     y3 = torch.cat([o["y"], o["y"], o["z"]])

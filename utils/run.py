@@ -1,6 +1,7 @@
 """Setting up a training run: run directory, logging, device, seed, image cache, resume guard."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import torch
 from data.images import ImageCache, default_cache_dir
 from data.sample import DataError
 from utils.device import resolve_device, seed_everything
-from utils.distributed import DistInfo, init_distributed
+from utils.distributed import DistInfo, init_distributed, run_on_main
 from utils.runlog import setup_logger, write_args
 
 
@@ -53,11 +54,15 @@ def prepare_run(args, stage: str, last_checkpoint: str) -> RunContext:
     dist = init_distributed(args)
     device = dist.device if dist.enabled else resolve_device(args.device)
     run_dir = run_dir_for(args, stage)
-    existing = os.path.exists(os.path.join(run_dir, last_checkpoint))
+    # Rank 0 looks and tells the others: every rank then takes the same branch, even when rank 0
+    # has already created files or the other ranks do not see rank 0's file system.
+    existing = run_on_main(lambda: os.path.exists(os.path.join(run_dir, last_checkpoint)), dist)
     if existing and not args.resume:
         raise DataError(f"{run_dir} already holds a {stage} run; pass --resume to continue it, "
                         "or choose another --output-dir")
     logger = setup_logger(run_dir, stage, enabled=dist.is_main)
+    if not dist.is_main:
+        logger.setLevel(logging.ERROR)  # rank 0 already prints every (identical) warning
     if dist.is_main:
         write_args(run_dir, vars(args))
     # Same seed on every rank: samplers generate identical global batches and slice them per rank.
@@ -68,7 +73,8 @@ def prepare_run(args, stage: str, last_checkpoint: str) -> RunContext:
             raise DataError(f"--cache-dir {args.cache_dir} does not exist; run scripts/prepare_data.py first")
         cache_dir = None
     logger.info(f"{stage}: dataset {args.dataset}{'' if args.trial is None else ' trial %s' % args.trial}, "
-                f"device {device}, run dir {run_dir}, image cache {cache_dir or 'none (decoding images)'}"
+                f"device {device}{' x %d processes (torchrun)' % dist.world_size if dist.enabled else ''}, "
+                f"run dir {run_dir}, image cache {cache_dir or 'none (decoding images)'}"
                 f"{', resuming' if existing else ''}")
     return RunContext(run_dir=run_dir, device=device, logger=logger, dist=dist, cache_dir=cache_dir)
 
