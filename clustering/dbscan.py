@@ -16,8 +16,8 @@ import scipy.sparse as sp
 import torch
 from sklearn.cluster import DBSCAN
 
-from clustering.jaccard import jaccard_entries
-from clustering.knn import ArrayLike, as_float_tensor
+from .jaccard import jaccard_entries
+from .knn import ArrayLike, as_float_tensor
 
 # Entries up to eps + this margin are kept, so float32/float64 rounding of eps in sklearn's own
 # comparison (d <= eps) cannot make the pruned matrix miss a neighbour.

@@ -14,7 +14,9 @@ step 3 to them as they are. The neighbour search uses the same float32 features.
 
 Step 5 only visits pairs that share support: with the column lists of V (an inverted index), every non-zero
 V_ik meets every V_jk (j ≥ i) of its column; the terms min(V_ik, V_jk) are summed per pair with bincount
-in row chunks, so memory is bounded by the chunk size and by the number of pairs with s > 0.
+in row chunks (run in torch.get_num_threads() threads), so memory is bounded by the chunk size and by the
+number of pairs with s > 0. s is symmetric (the reference sums the same terms in the same order for (i, j)
+and (j, i)), so only j ≥ i is computed and mirrored.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from clustering.knn import ArrayLike, as_float_tensor, knn_table
+from .knn import ArrayLike, as_float_tensor, knn_table
 
 # Upper bound on the number of (i, j, k) terms expanded at once in step 5.
 _MAX_TERMS = 1 << 22

@@ -483,11 +483,6 @@ def test_baseline_regdb_resume_after_interruption(e2e):
     assert (final["stage"], final["dataset"], final["trial"]) == ("baseline", "regdb", 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: utils/baseline.py run_phase (and utils/mmm.py end_of_epoch) append the metrics line after "
-    "writing last.pth; a run killed between the two resumes after that epoch and metrics.jsonl never "
-    "gets its line. Fix: on resume, append ckpt['metrics'] when metrics.jsonl lacks the checkpoint's "
-    "(phase, epoch), and drop lines of later epochs"))
 def test_resume_after_kill_between_checkpoint_and_metrics(e2e):
     """The state a kill leaves right after ``joint/last.pth`` (epoch 0) was written but before its
     metrics line: resuming must still give one metrics record per (phase, epoch)."""

@@ -29,7 +29,7 @@ from utils.distributed import (all_gather_rows, barrier, debug_dump, debug_note_
 from utils.evaluation import evaluate, format_results
 from utils.features import extract_features
 from utils.run import Timer, prepare_run
-from utils.runlog import append_metrics
+from utils.runlog import append_metrics, restore_metrics
 
 PHASES = ("intra", "joint")
 
@@ -174,6 +174,8 @@ def phase_start(phase: str, model, optimizer, scheduler, ctx) -> (int, float):
     if ckpt["phase"] == phase:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if ctx.dist.is_main and ckpt.get("metrics"):
+            restore_metrics(ctx.run_dir, ckpt["metrics"])
         ctx.logger.info(f"resumed {phase} phase from {src} (epoch {ckpt['epoch']})")
         return ckpt["epoch"] + 1, ckpt.get("best_metric") or -1.0
     ctx.logger.info(f"joint phase starts from {src}")

@@ -29,7 +29,7 @@ from utils.evaluation import evaluate, format_results
 from utils.mmm_steps import (batch_losses, forward_batch, full_pass, gather_outputs, identity_pass, loader,
                              paired_dataset, per_sample_losses, prototype_pass, set_lr)
 from utils.run import Timer, prepare_run
-from utils.runlog import append_metrics
+from utils.runlog import append_metrics, restore_metrics
 
 
 def matched_labels(args, ctx, rgb, ir) -> Dict[str, np.ndarray]:
@@ -207,5 +207,7 @@ def resume(model, optimizer, protos, args, ctx):
     optimizer.load_state_dict(ckpt["optimizer"])
     for k, v in ckpt["extra"]["prototypes"].items():
         protos[k].copy_(v)
+    if ctx.dist.is_main and ckpt.get("metrics"):
+        restore_metrics(ctx.run_dir, ckpt["metrics"])
     ctx.logger.info(f"resumed from {last} (epoch {ckpt['epoch']})")
     return ckpt["epoch"] + 1, ckpt.get("best_metric") or -1.0

@@ -63,3 +63,22 @@ def write_json(path: str, obj: Dict[str, Any]) -> None:
     with open(tmp, "w") as f:
         json.dump(_jsonable(obj), f, indent=1, sort_keys=True)
     os.replace(tmp, path)
+
+
+def restore_metrics(run_dir: str, record: Dict[str, Any]) -> bool:
+    """On resume, append the checkpoint's own epoch record if ``metrics.jsonl`` lacks it.
+
+    Checkpoints are written before the metrics line, so a run killed between the two resumes after an
+    epoch whose line is missing. Returns True when a line was restored.
+    """
+    path = os.path.join(run_dir, "metrics.jsonl")
+    key = (record.get("phase"), record.get("epoch"))
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    if (rec.get("phase"), rec.get("epoch")) == key:
+                        return False
+    append_metrics(run_dir, record)
+    return True
