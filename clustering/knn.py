@@ -12,7 +12,7 @@ Conventions shared by both backends:
 * every point is its own first neighbour (column 0), even when exact duplicates exist — for non-duplicated
   data this is what an exact search returns anyway, and it keeps R(i, k) of the Jaccard distance well defined;
 * ties are broken by the lower index where practical (torch backend: exact except for ties exactly at the
-  boundary of a diagonal block's top-k, see ``_block_topk``).
+  selection boundary of a dense block top-k, see ``_block_topk``; faiss: faiss's order).
 """
 from __future__ import annotations
 
@@ -92,6 +92,20 @@ def _merge_dense(best, dist: torch.Tensor, dots: torch.Tensor, k: int, col_offse
                   tuple(t.reshape(-1) for t in new))
 
 
+def _mask_nonzero(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the True entries of a contiguous (R, C) bool mask, in row-major order.
+
+    For sparse masks it is cheaper to find the non-zero 8-byte words of the mask first and only then the
+    True bytes inside them (torch.nonzero costs a few ns per entry scanned).
+    """
+    if mask.shape[1] % 8 or not mask.is_contiguous():
+        return torch.nonzero(mask, as_tuple=True)
+    wr, wc = torch.nonzero(mask.view(torch.int64), as_tuple=True)
+    cols = wc[:, None] * 8 + torch.arange(8, device=mask.device)
+    hit = mask[wr[:, None], cols]
+    return wr[:, None].expand_as(cols)[hit], cols[hit]
+
+
 def _sq_dist(g: torch.Tensor, sq_rows: torch.Tensor, sq_cols: torch.Tensor) -> torch.Tensor:
     """d_ij = |x_i|² + |x_j|² − 2⟨x_i, x_j⟩ from a Gram block (the expansion faiss uses too)."""
     return torch.add(sq_rows[:, None], sq_cols[None, :]).add_(g, alpha=-2.0)
@@ -140,13 +154,14 @@ def _knn_torch(x: torch.Tensor, k: int, chunk: int):
         d = _sq_dist(g, sq[a:ea], sq[b:eb])
         to_a = d <= best[0][a:ea, -1:]  # non-strict: a tie with the k-th may still win on index
         to_b = d <= best[0][b:eb, -1][None, :]
-        if int(to_a.sum()) + int(to_b.sum()) > d.numel() // 16:
+        either = to_a | to_b
+        if int(torch.count_nonzero(either)) > d.numel() // 16:
             # Loose thresholds (early rectangles of unordered data): a dense top-k per side is cheaper.
-            del to_a, to_b
+            del to_a, to_b, either
             _merge_dense([t[a:ea] for t in best], d, g, k, b)
             _merge_dense([t[b:eb] for t in best], d.t().contiguous(), g.t(), k, a)
             continue
-        r, c = torch.nonzero(to_a | to_b, as_tuple=True)
+        r, c = _mask_nonzero(either)
         va, vb = to_a[r, c], to_b[r, c]
         vals, dots = d[r, c], g[r, c]
         _merge_sparse([t[a:ea] for t in best], r[va], (vals[va], dots[va], c[va] + b))

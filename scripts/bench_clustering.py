@@ -11,6 +11,8 @@ best of --repeat runs), "peak MB" is the growth of the process's max RSS over it
 run (features already loaded). "ARI" compares the labels with the ground-truth ids of the inputs (outliers
 count as one extra cluster, as in mmlm.py). With --check-dense the labels are also compared with sklearn's
 DBSCAN on the dense Jaccard matrix (compute_jaccard_distance(sparse=False)), as the released code does it.
+"cpu s" is the process CPU time; on a machine shared with other jobs, OpenMP threads that wait for a core
+inflate both columns, and OMP_NUM_THREADS=1 gives the more stable (single-core) numbers.
 """
 from __future__ import annotations
 
@@ -105,8 +107,8 @@ def run_worker(args) -> dict:
         times.append((time.perf_counter() - t0, time.process_time() - c0))
     best = min(times)
     peak_mb = _max_rss_mb() - rss0  # before the optional dense check below
-    res = dict(case=name, n=int(len(features)), seconds=best[0], cpu_seconds=best[1], peak_mb=peak_mb, ari=float(adjusted_rand_score(gt, labels)),
-               threads=torch.get_num_threads(), **cluster_stats(labels))
+    res = dict(case=name, n=int(len(features)), seconds=best[0], cpu_seconds=best[1], peak_mb=peak_mb,
+               ari=float(adjusted_rand_score(gt, labels)), threads=torch.get_num_threads(), **cluster_stats(labels))
     if name in (args.check_dense or []):
         from sklearn.cluster import DBSCAN
 

@@ -113,6 +113,16 @@ def test_knn_sparse_and_dense_merge_paths(monkeypatch):
     assert calls["dense"] > 0 and calls["sparse"] > calls["dense"]
 
 
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.3, 1.0])
+@pytest.mark.parametrize("cols", [64, 61])
+def test_mask_nonzero(density, cols):
+    from clustering.knn import _mask_nonzero
+    mask = torch.rand(37, cols, generator=torch.Generator().manual_seed(cols)) < density
+    want = torch.nonzero(mask, as_tuple=True)
+    got = _mask_nonzero(mask)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_knn_chunk_invariance_and_torch_input():
     f = blobs(300, seed=3, normalise=False)
     a = knn_search(f, 25, chunk=4096)
