@@ -82,8 +82,9 @@ def build_model(arch: str = "resnet50", num_classes: int = 0, pretrained: str = 
     Args:
         arch: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (released: resnet50).
         num_classes: classifier size (0 = no classifier).
-        pretrained: ``"imagenet"``, ``"none"`` or a path to a torchvision ResNet state dict; the same
-            weights initialise the RGB stem, the IR stem and the shared trunk.
+        pretrained: ``"imagenet"``, ``"none"`` (random) or a path to a torchvision ResNet state dict;
+            the same weights (for ``"none"`` one random draw) initialise the RGB stem, the IR stem and
+            the shared trunk.
         non_local: insert the non-local blocks.
         nl_inter_channels: non-local ``c'`` (``None`` = 1, as released).
 

@@ -106,6 +106,10 @@ class EmbedNet(nn.Module):
                  backbone_state: Optional[Mapping[str, torch.Tensor]] = None,
                  source: str = "state dict") -> None:
         super().__init__()
+        if backbone_state is None:
+            # Random weights, but one draw for all three copies: with ImageNet weights the two stems
+            # start identical too, which is what lets early cross-modality clusters form.
+            backbone_state = make_resnet(arch).state_dict()
         rgb, ir, shared = (make_resnet(arch, backbone_state, source) for _ in range(3))
         self.arch = arch
         self.dim = ARCHS[arch][1]

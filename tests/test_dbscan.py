@@ -156,4 +156,5 @@ def test_bench_script_on_tiny_inputs(tmp_path):
                                  "--json", str(out)])
     assert [r["case"] for r in res] == ["regdb_rgb", "regdb_joint"]
     assert all(r["dense_equal"] for r in res)
+    assert all(r["proc_peak_mb"] > 0 and r["proc_peak_mb"] >= r["peak_mb"] for r in res)
     assert res[0]["num_clusters"] == 3 and json.loads(out.read_text())[1]["n"] == 2 * len(y)

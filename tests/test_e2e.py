@@ -37,11 +37,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Set
 
 import numpy as np
 import pytest
@@ -75,10 +76,47 @@ MAIN_REFUSALS = ("artifact_other_dataset", "artifact_other_trial", "checkpoint_o
 # helpers
 
 
+_LIVE: Set[subprocess.Popen] = set()   # running subprocesses, killed if the session is interrupted
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()           # set on Ctrl-C: no new subprocess starts
+
+
+def _start(cmd: List[str], **kwargs) -> subprocess.Popen:
+    with _LIVE_LOCK:
+        if _STOPPING.is_set():
+            raise RuntimeError("test session interrupted")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, text=True, **kwargs)
+        _LIVE.add(proc)
+    return proc
+
+
+def _forget(proc: subprocess.Popen) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(proc)
+
+
+def kill_live() -> None:
+    """Kill every subprocess still running and start no new one (Ctrl-C of the test session)."""
+    with _LIVE_LOCK:
+        _STOPPING.set()
+        for proc in _LIVE:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def run(script: str, *args, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     """Run ``python <script> args`` from the repository root; stdout and stderr captured as text."""
     cmd = [sys.executable, script, *[str(a) for a in args]]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    proc = _start(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"{script} did not finish within {timeout}s:\n{out[-2000:]}\n{err[-2000:]}") from None
+    finally:
+        _forget(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def describe(proc: subprocess.CompletedProcess) -> str:
@@ -150,7 +188,7 @@ def run_and_interrupt(script: str, args: Sequence, checkpoint: Path, run_dir: Pa
     cmd = [sys.executable, script, *[str(a) for a in args]]
     signalled = False
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = _start(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + timeout
             while proc.poll() is None and time.monotonic() < deadline:
@@ -164,6 +202,7 @@ def run_and_interrupt(script: str, args: Sequence, checkpoint: Path, run_dir: Pa
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            _forget(proc)
     return Interrupted(signalled, proc.returncode, log.read_text())
 
 
@@ -181,12 +220,16 @@ def _run_state(run_dir: Path) -> Dict:
 
 @dataclass
 class Synth:
+    """Roots of the generated datasets."""
+
     sysu: Path
     regdb: Path
 
 
 @dataclass
 class Stage1:
+    """A stage-1 run: killed once, then resumed."""
+
     out: Path             # --output-dir
     run_dir: Path         # <out>/<dataset>[_trial<t>]/baseline
     args: List[str]       # the command line (without --resume)
@@ -197,6 +240,8 @@ class Stage1:
 
 @dataclass
 class Stage2:
+    """The stage-2 run: interrupted once, then resumed."""
+
     run_dir: Path
     first: Interrupted
     after_kill: Dict
@@ -415,7 +460,12 @@ def e2e(synth, tmp_path_factory) -> Jobs:
             f[f"main_{case}"] = pool.submit(_main_refusal, case, synth, f["sysu_stage1"], f["regdb_stage1"], out)
         for name, fut in f.items():
             fut.add_done_callback(lambda _, name=name: jobs.done_at.__setitem__(name, time.monotonic() - start))
-        wait(list(f.values()))
+        try:
+            wait(list(f.values()))
+        except BaseException:  # Ctrl-C: do not leave the workers running minutes-long jobs
+            pool.shutdown(wait=False, cancel_futures=True)
+            kill_live()
+            raise
     print(f"\ne2e jobs: {time.monotonic() - start:.0f}s wall for all; per job (s, from the start): " +
           ", ".join(f"{k} {v:.0f}" for k, v in sorted(jobs.done_at.items(), key=lambda kv: kv[1])))
     return jobs

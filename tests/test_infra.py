@@ -125,3 +125,48 @@ def test_replica_order_restores_modality_blocks():
         order = replica_order(n_rgb, n_ir, FakeDP(k))
         assert torch.equal(gathered[order], torch.cat([rgb, ir]))
     assert replica_order(4, 4, torch.nn.Linear(1, 1)) is None
+
+
+# ---------------------------------------------------------------- shell scripts
+
+def _script_commands(path):
+    """(entry point, argv) of every entry-point call in a shell script, with the shell variables
+    replaced by sample values (loop variables by valid ones, ``"$@"`` by nothing)."""
+    import re
+    import shlex
+    text = open(path).read().replace("\\\n", " ")
+    arrays = {name: body for name, body in re.findall(r"^(\w+)=\((.*)\)\s*$", text, flags=re.M)}
+    values = {"T": "1", "MODE": "all"}
+    calls = []
+    for line in text.splitlines():
+        m = re.search(r'(?:python|"\$PY")\s+((?:baseline_sysu|baseline_regdb|main|test)\.py)\b(.*)', line)
+        if not m or line.lstrip().startswith("#"):
+            continue
+        args = m.group(2).replace('"$@"', "")
+        args = re.sub(r'"\$\{(\w+)\[@\]\}"', lambda a: arrays[a.group(1)], args)
+        args = re.sub(r"\$\{?(\w+)[^}\s\"/]*\}?", lambda v: values.get(v.group(1), "x"), args)
+        calls.append((m.group(1), shlex.split(args)))
+    return calls
+
+
+@pytest.mark.parametrize("script", ["demo.sh", "train_sysu.sh", "train_regdb.sh"])
+def test_shell_scripts_use_existing_flags(script):
+    """Every entry-point call in scripts/*.sh parses: a renamed flag fails here, not on a user's run."""
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("mmm_test_entry", os.path.join(root, "test.py"))
+    test_entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(test_entry)
+    parsers = {"baseline_sysu.py": lambda a: parse(baseline_parser("sysu"), a, dataset="sysu"),
+               "baseline_regdb.py": lambda a: parse(baseline_parser("regdb"), a, dataset="regdb"),
+               "main.py": lambda a: parse(mmm_parser(), a),
+               "test.py": lambda a: parse(test_entry.build_parser(), a)}
+    calls = _script_commands(os.path.join(root, "scripts", script))
+    assert {name for name, _ in calls} >= ({"baseline_sysu.py", "main.py", "test.py"} if "sysu" in script or
+                                           script == "demo.sh" else {"baseline_regdb.py", "main.py", "test.py"})
+    for name, argv in calls:
+        try:
+            args = parsers[name](argv)
+        except SystemExit as err:
+            pytest.fail(f"scripts/{script}: {name} {' '.join(argv)} is refused by the parser ({err})")
+        assert args.data_dir, (script, name)

@@ -237,6 +237,18 @@ def test_pretrained_from_local_file(tmp_path):
         build_model("resnet50", pretrained=str(path))
 
 
+def test_random_init_shares_one_draw():
+    """--pretrained none: both stems and the trunk come from one random ResNet, as with ImageNet weights."""
+    torch.manual_seed(0)
+    net = build_model("resnet18", pretrained="none")
+    torch.testing.assert_close(net.rgb_stem[0].weight, net.ir_stem[0].weight)
+    torch.testing.assert_close(net.rgb_stem[1].weight, net.ir_stem[1].weight)
+    torch.manual_seed(1)
+    other = build_model("resnet18", pretrained="none")
+    assert not torch.equal(net.rgb_stem[0].weight, other.rgb_stem[0].weight)  # still random per seed
+    assert not torch.equal(net.layer1[0].conv1.weight, other.layer1[0].conv1.weight)
+
+
 def test_pretrained_missing_file(tmp_path):
     missing = str(tmp_path / "nope.pth")
     with pytest.raises(PretrainedWeightsError, match="not found"):

@@ -43,7 +43,8 @@ def add_common_args(p: argparse.ArgumentParser, with_dataset: bool = True, train
                    if training else "expected backbone; a checkpoint of another one is refused (default: the checkpoint's)")
     if training:
         g.add_argument("--pretrained", default="imagenet",
-                       help="initial backbone weights: imagenet (torchvision download), none, or a path to a "
+                       help="initial backbone weights: imagenet (torchvision download), none (random, one draw "
+                            "shared by both stems and the trunk, as ImageNet weights are), or a path to a "
                             "torchvision ResNet state dict such as resnet50-19c8e357.pth (default: imagenet)")
     _alias(g, "--img-h", type=int, default=288, help="input image height (default: 288)")
     _alias(g, "--img-w", type=int, default=144, help="input image width (default: 144)")
