@@ -104,6 +104,19 @@ def test_parsers_aliases_and_dataset_defaults():
     assert (m.intra_weight, m.inter_weight, m.inter_start_epoch, m.seed, m.resume_net1) == (0.3, 0.05, 2, 0, "c.pth")
 
 
+def test_baseline_batch_size_checks(monkeypatch):
+    from utils.baseline import check_baseline_args
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ok = parse(baseline_parser("sysu"), ["--data-dir", "d", "-b", "24", "--num-instances", "4"], dataset="sysu")
+    check_baseline_args(ok)
+    bad = parse(baseline_parser("sysu"), ["--data-dir", "d", "-b", "30", "--num-instances", "4"], dataset="sysu")
+    with pytest.raises(DataError, match=r"--batch-size 30 must be a multiple of --num-instances 4$"):
+        check_baseline_args(bad)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun: 24 = 6 identities, not divisible among 4 processes
+    with pytest.raises(DataError, match=r"multiple of --num-instances x processes \(4 x 4\)"):
+        check_baseline_args(ok)
+
+
 def test_stage2_learning_rate_schedule():
     assert [round(stage2_lr(e, 0.1), 6) for e in (0, 4, 9, 10, 19, 20, 39, 40, 99)] == \
         [0.01, 0.05, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
@@ -150,10 +163,10 @@ def _script_commands(path):
 
 
 @pytest.mark.parametrize("script", ["demo.sh", "train_sysu.sh", "train_regdb.sh"])
-def test_shell_scripts_use_existing_flags(script):
+def test_shell_scripts_use_existing_flags(script, repo_root):
     """Every entry-point call in scripts/*.sh parses: a renamed flag fails here, not on a user's run."""
     import importlib.util
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(repo_root)
     spec = importlib.util.spec_from_file_location("mmm_test_entry", os.path.join(root, "test.py"))
     test_entry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(test_entry)

@@ -21,9 +21,9 @@ from model import build_model
 from utils.artifacts import save_artifact
 from utils.baseline_steps import (build_memory, cluster_epoch, clustering_report, current_lr,
                                   memory_step, train_loader)
-from utils.checkpoint import atomic_torch_save, load_checkpoint, load_model_state, make_checkpoint
+from utils.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_checkpoint
 from utils.device import unwrap
-from utils.distributed import (all_gather_rows, barrier, debug_dump, debug_note_write,
+from utils.distributed import (all_gather_rows, barrier, debug_dump,
                                decorrelate_rng, env_world_size, mean_over_ranks, run_on_main, state_digest,
                                sync_buffers, wrap_model)
 from utils.evaluation import evaluate, format_results
@@ -221,20 +221,14 @@ def run_phase(phase: str, model, data, args, ctx) -> None:
             ckpt = make_checkpoint(model, stage="baseline", phase=phase, dataset=args.dataset, trial=args.trial,
                                    epoch=epoch, args=vars(args), optimizer=optimizer, scheduler=scheduler,
                                    metrics=record, best_metric=best)
-            save_checkpoint(ckpt, os.path.join(ctx.run_dir, phase, "last.pth"), ctx)
+            save_checkpoint(ckpt, os.path.join(ctx.run_dir, phase, "last.pth"), ctx.dist)
             if is_best:
-                save_checkpoint(ckpt, os.path.join(ctx.run_dir, phase, "best.pth"), ctx)
+                save_checkpoint(ckpt, os.path.join(ctx.run_dir, phase, "best.pth"), ctx.dist)
             append_metrics(ctx.run_dir, record)
         ctx.logger.info(f"[{phase} {epoch + 1}/{args.epochs}] lr {lr:.2e} " +
                         "  ".join(f"{k} {v:.3f}" for k, v in losses.items()) +
                         f"  {record['seconds']:.0f}s" + ("  (best)" if is_best else ""))
         barrier(ctx.dist)
-
-
-def save_checkpoint(ckpt, path: str, ctx) -> None:
-    """Atomic write (rank 0 only: the callers check), noted for the distributed test."""
-    atomic_torch_save(ckpt, path)
-    debug_note_write(path, ctx.dist)
 
 
 def export(model, data, args, ctx) -> str:
@@ -250,7 +244,7 @@ def export(model, data, args, ctx) -> str:
                          {m: feats[m].numpy() for m in (RGB, IR)}, labels, meta)
     ckpt = make_checkpoint(model, stage="baseline", phase="final", dataset=args.dataset, trial=args.trial,
                            epoch=args.epochs - 1, args=vars(args), metrics=report)
-    save_checkpoint(ckpt, os.path.join(ctx.run_dir, "final.pth"), ctx)
+    save_checkpoint(ckpt, os.path.join(ctx.run_dir, "final.pth"), ctx.dist)
     ctx.logger.info(f"stage-1 artifact {path} ({report['rgb_clusters']} rgb / {report['ir_clusters']} ir "
                     f"clusters); checkpoint for stage 2: {os.path.join(ctx.run_dir, 'final.pth')}")
     return path
@@ -280,12 +274,12 @@ def run_baseline(args) -> str:
 
 def check_baseline_args(args) -> None:
     """Flag sanity checks that would otherwise fail deep inside a loader."""
-    if args.batch_size % args.num_instances:
-        raise DataError(f"--batch-size {args.batch_size} must be a multiple of --num-instances {args.num_instances}")
     world = env_world_size()
     if args.batch_size % (args.num_instances * world):
         # --batch-size is the global batch: each torchrun process takes whole identities of it.
-        raise DataError(f"--batch-size {args.batch_size} must be a multiple of --num-instances x processes "
-                        f"({args.num_instances} x {world}) so that every process gets whole pseudo-identities")
+        need = (f"--num-instances {args.num_instances}" if world == 1 else
+                f"--num-instances x processes ({args.num_instances} x {world}) so that every process gets "
+                "whole pseudo-identities")
+        raise DataError(f"--batch-size {args.batch_size} must be a multiple of {need}")
     if args.epochs < 1 or args.iters < 1:
         raise DataError("--epochs and --iters must be at least 1")

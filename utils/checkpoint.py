@@ -19,6 +19,7 @@ from torch import nn
 
 from data.sample import DataError
 from utils.device import unwrap
+from utils.distributed import DistInfo, debug_note_write
 
 FORMAT = "mmm-vireid"
 VERSION = 1
@@ -37,6 +38,13 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_checkpoint(ckpt: Dict[str, Any], path: str, dist: DistInfo) -> None:
+    """:func:`atomic_torch_save` of a training checkpoint (callers write on rank 0 only); the write is
+    noted for the distributed test when its debug folder is set."""
+    atomic_torch_save(ckpt, path)
+    debug_note_write(path, dist)
 
 
 def make_checkpoint(model: nn.Module, *, stage: str, phase: str, dataset: str, trial: Optional[int],

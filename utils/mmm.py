@@ -20,10 +20,10 @@ from memory.gmm import clean_probabilities
 from model import build_model
 from model.agw import param_groups_stage2
 from utils.artifacts import align_to_samples, find_artifact, load_artifact
-from utils.checkpoint import (atomic_torch_save, check_compatible, load_checkpoint, load_model_state,
-                              make_checkpoint)
+from utils.checkpoint import (check_compatible, load_checkpoint, load_model_state, make_checkpoint,
+                              save_checkpoint)
 from utils.device import unwrap
-from utils.distributed import (barrier, debug_dump, debug_note_write, decorrelate_rng, run_on_main, state_digest,
+from utils.distributed import (barrier, debug_dump, decorrelate_rng, run_on_main, state_digest,
                                sync_buffers, wrap_model)
 from utils.evaluation import evaluate, format_results
 from utils.mmm_steps import (batch_losses, forward_batch, full_pass, gather_outputs, identity_pass, loader,
@@ -185,8 +185,7 @@ def end_of_epoch(model, optimizer, protos, record, best, args, ctx, timer) -> fl
                                epoch=epoch, args=vars(args), optimizer=optimizer, metrics=record,
                                best_metric=best, extra={"prototypes": {k: v.cpu() for k, v in protos.items()}})
         for name in ("last.pth", "best.pth") if is_best else ("last.pth",):
-            atomic_torch_save(ckpt, os.path.join(ctx.run_dir, name))
-            debug_note_write(os.path.join(ctx.run_dir, name), ctx.dist)
+            save_checkpoint(ckpt, os.path.join(ctx.run_dir, name), ctx.dist)
         append_metrics(ctx.run_dir, record)
     ctx.logger.info(f"[mmm {epoch + 1}/{args.epochs}] lr {record['lr']:.4f} " +
                     "  ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("loss_", "clean_"))) +

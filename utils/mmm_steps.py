@@ -13,6 +13,7 @@ from data.samplers import CrossModalIdentitySampler, FullPassSampler
 from memory.prototypes import PrototypeAccumulator
 from model.losses import batch_hard_triplet, intra_modality_loss, inter_modality_loss, soft_id_loss
 from utils.device import replica_order
+from utils.distributed import gather_keep_grad
 
 
 def stage2_lr(epoch: int, base: float) -> float:
@@ -80,8 +81,6 @@ def gather_outputs(o: Dict[str, torch.Tensor], dist) -> Dict[str, torch.Tensor]:
     single-process batch); only this rank's rows carry gradients (see ``gather_keep_grad``)."""
     if not dist.enabled:
         return o
-    from utils.distributed import gather_keep_grad
-
     out = {k: gather_keep_grad(o[k], dist) for k in ("a", "b", "t", "y", "z", "i_rgb", "i_ir")}
     # logits are [view1; view2; ir] rows: gather each block so the global order stays the same.
     n = len(o["a"])

@@ -1,7 +1,6 @@
 """Setting up a training run: run directory, logging, device, seed, image cache, resume guard."""
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -61,8 +60,6 @@ def prepare_run(args, stage: str, last_checkpoint: str) -> RunContext:
         raise DataError(f"{run_dir} already holds a {stage} run; pass --resume to continue it, "
                         "or choose another --output-dir")
     logger = setup_logger(run_dir, stage, enabled=dist.is_main)
-    if not dist.is_main:
-        logger.setLevel(logging.ERROR)  # rank 0 already prints every (identical) warning
     if dist.is_main:
         write_args(run_dir, vars(args))
     # Same seed on every rank: samplers generate identical global batches and slice them per rank.

@@ -11,12 +11,13 @@ from typing import Any, Dict
 def setup_logger(run_dir: str, name: str, enabled: bool = True) -> logging.Logger:
     """A logger that prints to the console and appends to ``<run_dir>/log.txt``.
 
-    With ``enabled=False`` (non-zero ranks under torchrun) it only prints warnings to the console.
+    With ``enabled=False`` (non-zero ranks under torchrun) it only prints errors to the console: rank 0
+    already prints every (identical) warning.
     """
     logger = logging.getLogger(f"mmm.{name}.{os.path.abspath(run_dir)}")
     logger.handlers.clear()
     logger.propagate = False
-    logger.setLevel(logging.INFO if enabled else logging.WARNING)
+    logger.setLevel(logging.INFO if enabled else logging.ERROR)
     fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(fmt)
