@@ -15,9 +15,9 @@ from utils.cli import run_cli
 
 def build_parser() -> argparse.ArgumentParser:
     """The test.py flags."""
-    from utils.args import _alias, add_common_args, add_eval_args
+    from utils.args import _alias, add_common_args, add_eval_args, new_parser
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, training=False)
     add_eval_args(p)
     g = p.add_argument_group("test")
@@ -30,6 +30,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--visualize", type=int, default=0, metavar="N",
                    help="also write a PNG of N queries with their top-10 gallery images and a CMC curve PNG")
     return p
+
+
+def input_size(args, ckpt, path: str):
+    """(img_h, img_w): --img-h/--img-w where given, else the training size stored in the checkpoint.
+
+    A size that differs from training is allowed (a deliberate experiment) but warned about loudly:
+    it silently changes the results.
+    """
+    trained = ckpt.get("args") or {}
+    th, tw = trained.get("img_h"), trained.get("img_w")
+    h = args.img_h if args.img_h is not None else (th or 288)
+    w = args.img_w if args.img_w is not None else (tw or 144)
+    if th is not None and tw is not None and (h, w) != (th, tw):
+        print(f"warning: {path} is evaluated at {h}x{w} but trained at {th}x{tw}; results are not comparable "
+              f"(drop --img-h/--img-w to use the training size)", file=sys.stderr)
+    return h, w
 
 
 def evaluate_checkpoint(args, path: str, trial, device):
@@ -45,15 +61,17 @@ def evaluate_checkpoint(args, path: str, trial, device):
                         non_local=ckpt.get("non_local", True))
     load_model_state(model, ckpt, path)
     model.to(device)
+    img_h, img_w = input_size(args, ckpt, path)
+    ckpt["img_h"], ckpt["img_w"] = img_h, img_w  # the size evaluated at, for the result JSON
     cache = ImageCache.open(args.cache_dir or default_cache_dir(args.data_dir), args.data_dir,
-                            args.img_h, args.img_w, "lanczos")
+                            img_h, img_w, "lanczos")
     if args.direction == "both" and not args.tvsearch:
         directions = ("visible2thermal", "thermal2visible")
     else:
         directions = ("thermal2visible",) if args.tvsearch else (args.direction,)
     results = evaluate(model, args.dataset, args.data_dir, device=device, trial=trial, modes=(args.mode,),
                        shot=args.shot, gallery_trials=args.gallery_trials or 10, directions=directions,
-                       img_h=args.img_h, img_w=args.img_w, cache=cache, batch_size=args.test_batch,
+                       img_h=img_h, img_w=img_w, cache=cache, batch_size=args.test_batch,
                        workers=args.workers, flip=args.flip, amp=args.amp, keep_distmats=args.visualize > 0)
     return ckpt, results
 
@@ -110,7 +128,9 @@ def main(argv=None):
             write_pictures(results, base, args.visualize, args.dataset)
         clean = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()}
         record = dict(dataset=args.dataset, trial=trial, checkpoint=os.path.abspath(path), stage=ckpt["stage"],
-                      epoch=ckpt["epoch"], mode=args.mode, shot=args.shot, flip=args.flip, results=clean)
+                      epoch=ckpt["epoch"], arch=ckpt["arch"], img_h=ckpt["img_h"], img_w=ckpt["img_w"],
+                      mode=args.mode, shot=args.shot, flip=args.flip, gallery_trials=args.gallery_trials or 10,
+                      results=clean)
         write_json(base + ".json", record)
         print(f"results written to {base}.json")
         summary[trial] = clean

@@ -11,8 +11,12 @@ Conventions shared by both backends:
   faiss uses), so features need not be L2-normalised;
 * every point is its own first neighbour (column 0), even when exact duplicates exist — for non-duplicated
   data this is what an exact search returns anyway, and it keeps R(i, k) of the Jaccard distance well defined;
-* ties are broken by the lower index where practical (torch backend: exact except for ties exactly at the
-  selection boundary of a dense block top-k, see ``_block_topk``; faiss: faiss's order).
+* ties are broken by the lower index (torch backend; faiss: faiss's order). The same pair's distance can
+  differ by a few ulps between Gram blocks of different shapes (BLAS picks other kernels), so exact
+  duplicates would otherwise come out in an order that depends on ``chunk`` and the CPU: rows whose
+  neighbour distances lie within rounding of each other are re-ranked by the directly computed
+  ||x_i − x_j||², which is exactly 0 for duplicates (see ``_rerank_near_ties``). Ties exactly at the
+  selection boundary of a dense block top-k are resolved by torch.topk (only matters for duplicates).
 """
 from __future__ import annotations
 
@@ -167,7 +171,36 @@ def _knn_torch(x: torch.Tensor, k: int, chunk: int):
         _merge_sparse([t[a:ea] for t in best], r[va], (vals[va], dots[va], c[va] + b))
         _merge_sparse([t[b:eb] for t in best], c[vb], (vals[vb], dots[vb], r[vb] + a))
     best[0][:, 0] = 0.0
+    _rerank_near_ties(x, sq, best)
     return best[2], best[0].clamp_(min=0.0), best[1]
+
+
+def _rerank_near_ties(x: torch.Tensor, sq: torch.Tensor, best, rel_tol: float = 1e-5,
+                      max_floats: int = 1 << 24) -> None:
+    """Re-sort, in place, the rows of ``best`` ([values, dots, indices], each (N, k)) whose consecutive
+    neighbour distances differ by less than the rounding error of the Gram expansion, by the direct
+    squared distance ||x_i − x_j||² (same for every block shape), then by index; self stays first.
+
+    Only those rows are recomputed (few on real features, all duplicated ones), ``max_floats`` bounds the
+    (rows, k, D) difference tensor of one chunk. Their values become the direct distances.
+    """
+    vals, dots, idx = best
+    if vals.shape[1] < 3:
+        return
+    scale = (sq[:, None] + sq[idx]).amax(dim=1, keepdim=True)
+    near = ((vals[:, 2:] - vals[:, 1:-1]) <= rel_tol * scale).any(dim=1)
+    rows = torch.nonzero(near, as_tuple=True)[0]
+    step = max(1, max_floats // (idx.shape[1] * x.shape[1]))
+    for start in range(0, rows.numel(), step):
+        r = rows[start:start + step]
+        direct = (x[r][:, None, :] - x[idx[r]]).pow_(2).sum(dim=2)
+        key = direct.clone()
+        key[:, 0] = -1.0  # the point itself first, even among exact duplicates
+        by_index = idx[r].argsort(dim=1)
+        order = by_index.gather(1, key.gather(1, by_index).argsort(dim=1, stable=True))
+        vals[r] = direct.gather(1, order)
+        dots[r] = dots[r].gather(1, order)
+        idx[r] = idx[r].gather(1, order)
 
 
 def _knn_faiss(x: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:

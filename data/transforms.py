@@ -159,13 +159,23 @@ def _base_steps(h: int, w: int, pad: int) -> list:
     ]
 
 
-def build_train_transforms(h: int, w: int, pad: int = 10) -> Tuple[TwoViews, T.Compose]:
+RELEASED_SIZE, RELEASED_PAD = (288, 144), 10
+
+
+def scaled_pad(h: int, w: int) -> int:
+    """Zero padding before the random crop: the released 10 px at 288 x 144, scaled with the input size
+    (2 px at 64 x 32), so the crop jitters by the same fraction of the image at every size."""
+    return max(1, round(RELEASED_PAD * min(h / RELEASED_SIZE[0], w / RELEASED_SIZE[1])))
+
+
+def build_train_transforms(h: int, w: int, pad: Optional[int] = None) -> Tuple[TwoViews, T.Compose]:
     """Training transforms of stage 1 and stage 2 (method.md D.2 step 6, F.2).
 
     Args:
         h, w: output height and width (288 x 144 in the released code); the dataset has already
             resized the PIL image to this size, so there is no resize step here.
-        pad: zero padding before the random crop (10 px released).
+        pad: zero padding before the random crop (default :func:`scaled_pad`: 10 px at the released
+            288 x 144, proportionally less for smaller inputs).
 
     Returns:
         ``(rgb_transform, ir_transform)``.
@@ -175,6 +185,7 @@ def build_train_transforms(h: int, w: int, pad: int = 10) -> Tuple[TwoViews, T.C
         ``ir_transform(img)`` -> ``3 x h x w`` tensor: the view_a pipeline followed by
         ChannelAdapGray(0.5).
     """
+    pad = scaled_pad(h, w) if pad is None else pad
     view_a = T.Compose(_base_steps(h, w, pad) + [ChannelRandomErasing(0.5)])
     view_b = T.Compose(_base_steps(h, w, pad) + [ChannelRandomErasing(0.5), ChannelExchange()])
     ir = T.Compose(_base_steps(h, w, pad) + [ChannelRandomErasing(0.5), ChannelAdapGray(0.5)])

@@ -57,9 +57,10 @@ STAGE1 = TINY + ["--pretrained", "none", "--epochs", "2", "--iters", "2", "--bat
                  "--num-instances", "4", "--k1", "15", "--eps", "0.45", "--k1-joint", "20",
                  "--k2-joint", "10", "--eval-step", "2", "--report-ari"]
 # Stage 2: one warm-up epoch, then one epoch with the GMM, prototypes and all four losses.
-# One-to-one (Hungarian) matching and 4 ids per batch: a barely trained stage 1 has few ir clusters.
+# One-to-one (Hungarian) matching and 2 ids per batch: a stage 1 of 2 x 2 iterations from random weights
+# leaves only a handful of ir clusters, and how many depends on the CPU's rounding (3 on some machines).
 STAGE2 = TINY + ["--epochs", "2", "--warm-epochs", "1", "--lr", "0.02", "--matching", "hungarian",
-                 "--batch-ids", "4", "--num-pos", "4", "--eval-step", "2"]
+                 "--batch-ids", "2", "--num-pos", "4", "--eval-step", "2"]
 RANKS = ("r1", "r5", "r10", "r20")
 METRICS = set(RANKS) | {"mAP", "mINP"}
 TIMEOUT = 900  # seconds per subprocess; generous for a loaded machine, only there to stop a hang
@@ -386,7 +387,7 @@ def _main_refusal(case: str, synth: Synth, sysu1: Future, regdb1: Future, out: P
     elif case == "checkpoint_other_dataset":  # the right SYSU artifact, the RegDB network
         dataset, root, trial, ckpt = "sysu", synth.sysu, None, r1.run_dir / "final.pth"
         extra = ["--baseline-artifact", s1.run_dir / "pseudo_labels.npz", "--matching", "hungarian",
-                 "--batch-ids", "4"]
+                 "--batch-ids", "2"]  # as STAGE2: the check under test comes after the matching
     else:  # artifact_paths_not_matching: the same SYSU data with one visible training image fewer
         dataset, root, trial, ckpt = "sysu", out / "sysu_copy", None, s1.run_dir / "final.pth"
         shutil.copytree(synth.sysu, root)
@@ -662,9 +663,12 @@ def test_testpy_sysu_on_stage2_checkpoint(e2e):
     assert "all-search MEAN" in proc.stdout
     ckpt = s.run_dir / "best.pth"
     rec = json.loads((s.run_dir / "test_sysu_all.json").read_text())
-    assert set(rec) == {"dataset", "trial", "checkpoint", "stage", "epoch", "mode", "shot", "flip", "results"}
+    assert set(rec) == {"dataset", "trial", "checkpoint", "stage", "epoch", "arch", "img_h", "img_w", "mode", "shot",
+                        "flip", "gallery_trials", "results"}
     assert (rec["dataset"], rec["trial"], rec["stage"], rec["mode"], rec["shot"], rec["flip"]) == \
         ("sysu", None, "mmm", "all", 1, False)
+    assert (rec["arch"], rec["img_h"], rec["img_w"], rec["gallery_trials"]) == ("resnet18", 32, 16, 10)
+    assert "warning:" not in proc.stderr  # evaluated at the training size
     assert rec["checkpoint"] == os.path.abspath(ckpt)
     assert list(rec["results"]) == ["all-search"]
     res = rec["results"]["all-search"]

@@ -183,3 +183,22 @@ def test_shell_scripts_use_existing_flags(script, repo_root):
         except SystemExit as err:
             pytest.fail(f"scripts/{script}: {name} {' '.join(argv)} is refused by the parser ({err})")
         assert args.data_dir, (script, name)
+
+
+@pytest.mark.parametrize("cores, busy, expected", [(2, 0.1, 2), (2, 1.0, 1), (16, 3.0, 8), (16, 9.0, 1), (1, 0.0, 1)])
+def test_default_threads_follows_cores_and_load(monkeypatch, cores, busy, expected):
+    import utils.device as device
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(device, "busy_cores", lambda: busy)
+    assert device.default_threads() == expected
+    monkeypatch.setattr(device, "busy_cores", lambda: None)  # no /proc/stat: the load average decides
+    monkeypatch.setattr(os, "getloadavg", lambda: (busy, busy, busy))
+    assert device.default_threads() == expected
+
+
+def test_busy_cores_reads_proc_stat():
+    from utils.device import busy_cores
+
+    busy = busy_cores(0.05)
+    assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6

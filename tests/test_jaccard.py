@@ -131,14 +131,18 @@ def test_knn_chunk_invariance_and_torch_input():
     np.testing.assert_allclose(a[1], b[1], atol=1e-6)
 
 
-def test_knn_duplicates_self_first_and_ties_by_index():
+@pytest.mark.parametrize("chunk", [16, 25, 7, 4096])
+def test_knn_duplicates_self_first_and_ties_by_index(chunk):
     f = np.repeat(blobs(10, seed=4), 5, axis=0)  # 10 points, each 5 times
-    idx, _ = knn_search(f, 7, chunk=16)
+    idx, dist = knn_search(f, 7, chunk=chunk)
     assert (idx[:, 0] == np.arange(50)).all()
-    # the 4 other copies come next, in increasing index order
+    # the 4 other copies come next, in increasing index order, at distance exactly 0, whatever the
+    # block shapes (their Gram entries round differently from block to block)
     for i in range(50):
         copies = [j for j in range(5 * (i // 5), 5 * (i // 5) + 5) if j != i]
         assert list(idx[i, 1:5]) == copies
+    assert (dist[:, :5] == 0).all()
+    assert (np.diff(dist, axis=1) >= 0).all()
 
 
 def test_knn_clamps_k_and_validates():

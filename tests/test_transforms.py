@@ -6,7 +6,8 @@ from PIL import Image
 from torchvision.transforms import Compose
 
 from data.transforms import (ERASE_VALUE, IMAGENET_MEAN, IMAGENET_STD, ChannelAdapGray, ChannelExchange,
-                             ChannelRandomErasing, TwoViews, build_test_transform, build_train_transforms)
+                             ChannelRandomErasing, TwoViews, build_test_transform, build_train_transforms,
+                             scaled_pad)
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +142,7 @@ def _ramp_image(h, w):
 
 def test_pad_crop_flip_keeps_size_and_flips_half():
     h, w = 32, 16
-    rgb, _ = build_train_transforms(h, w)
+    rgb, _ = build_train_transforms(h, w, pad=10)
     geometric = Compose(rgb.view_a.transforms[:3])  # Pad -> RandomCrop -> RandomHorizontalFlip
     flips, visible = 0, set()
     n = 1000
@@ -156,6 +157,14 @@ def test_pad_crop_flip_keeps_size_and_flips_half():
         flips += bool((diffs < 0).any())
     assert abs(flips / n - 0.5) < 0.05
     assert min(visible) == w - 10 and max(visible) == w  # crop offsets span the whole 10 px padding
+
+
+def test_default_pad_scales_with_the_input_size():
+    assert scaled_pad(288, 144) == 10  # the released size keeps the released padding
+    assert scaled_pad(64, 32) == 2 and scaled_pad(384, 192) == 13 and scaled_pad(24, 12) == 1
+    for h, w in ((288, 144), (64, 32)):
+        pad = build_train_transforms(h, w)[0].view_a.transforms[0]
+        assert pad.padding == scaled_pad(h, w)
 
 
 def test_train_pipelines_shapes_and_channel_structure():

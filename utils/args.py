@@ -11,6 +11,49 @@ from typing import Optional, Sequence
 from data.specs import SPECS
 
 
+def _number(kind, text: str, ok, what: str):
+    """Convert ``text`` with ``kind`` and check ``ok``; argparse turns the error into a usage line."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 1."""
+    return _number(int, text, lambda v: v > 0, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 0."""
+    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type=``: a finite number > 0."""
+    return _number(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
+
+
+class _Refused(argparse.Action):
+    """A flag that is parsed only to be refused with a hint (``help`` says why)."""
+
+    def __init__(self, option_strings, dest, hint: str = "", **kwargs):
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, **kwargs)
+        self.hint = hint
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not used here: {self.hint}")
+
+
+def new_parser(**kwargs) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` without prefix matching: a misspelt flag (the released ``--resume-net``)
+    is refused instead of silently becoming another one (``--resume-net1``)."""
+    return argparse.ArgumentParser(allow_abbrev=False, **kwargs)
+
+
 def _alias(parser: argparse.ArgumentParser, *names: str, **kwargs) -> None:
     """Add a flag under its dashed name plus the released code's underscore spelling."""
     extra = ["--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]
@@ -33,7 +76,7 @@ def add_common_args(p: argparse.ArgumentParser, with_dataset: bool = True, train
                    help="RegDB split 1..10 (required for RegDB, ignored for SYSU-MM01)")
     _alias(g, "--cache-dir", default=None,
            help="pre-resized image cache written by scripts/prepare_data.py (default: <data-dir>/mmm_cache if it exists)")
-    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
+    g.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes (default: 2)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: 1 for stage 1, 0 for stage 2, as released)")
     g = p.add_argument_group("model and device")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (= cuda when available; default: auto)")
@@ -46,37 +89,46 @@ def add_common_args(p: argparse.ArgumentParser, with_dataset: bool = True, train
                        help="initial backbone weights: imagenet (torchvision download), none (random, one draw "
                             "shared by both stems and the trunk, as ImageNet weights are), or a path to a "
                             "torchvision ResNet state dict such as resnet50-19c8e357.pth (default: imagenet)")
-    _alias(g, "--img-h", type=int, default=288, help="input image height (default: 288)")
-    _alias(g, "--img-w", type=int, default=144, help="input image width (default: 144)")
-    _alias(g, "--test-batch", type=int, default=128, help="batch size of feature extraction (default: 128)")
+    _alias(g, "--img-h", type=positive_int, default=288 if training else None,
+           help="input image height (default: 288" + ("" if training else "; test.py: the checkpoint's") + ")")
+    _alias(g, "--img-w", type=positive_int, default=144 if training else None,
+           help="input image width (default: 144" + ("" if training else "; test.py: the checkpoint's") + ")")
+    _alias(g, "--test-batch", type=positive_int, default=128, help="batch size of feature extraction (default: 128)")
     g.add_argument("--amp", action="store_true", help="mixed precision for feature extraction (CUDA only)")
 
 
 def add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, seed: int) -> None:
     """Flags shared by the two training stages."""
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default: {epochs})")
-    g.add_argument("--lr", type=float, default=lr, help=f"base learning rate (default: {lr})")
+    g.add_argument("--epochs", type=positive_int, default=epochs, help=f"epochs (default: {epochs})")
+    g.add_argument("--lr", type=positive_float, default=lr, help=f"base learning rate (default: {lr})")
     _alias(g, "--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
-    _alias(g, "--eval-step", type=int, default=1,
+    _alias(g, "--eval-step", type=non_negative_int, default=1,
            help="evaluate on the test protocol every N epochs (and at the last epoch); 0 = never (default: 1)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in the run directory from its last checkpoint")
-    _alias(g, "--print-freq", type=int, default=50, help="log the running losses every N iterations (default: 50)")
+    _alias(g, "--print-freq", type=positive_int, default=50, help="log the running losses every N iterations (default: 50)")
     _alias(g, "--report-ari", action="store_true",
            help="log the adjusted Rand index of the pseudo-labels against ground truth (diagnostics only)")
     _alias(g, "--sync-bn", action="store_true", help="SyncBatchNorm under torchrun (several processes)")
     p.set_defaults(seed_default=seed)
 
 
-def add_eval_args(p: argparse.ArgumentParser) -> None:
-    """Flags of the test protocol (test.py and the per-epoch evaluation)."""
+def add_eval_args(p: argparse.ArgumentParser, per_epoch: bool = False) -> None:
+    """Flags of the test protocol (test.py and, with ``per_epoch``, main.py's per-epoch evaluation,
+    where --eval-trials sets the gallery samplings and --gallery-trials is refused)."""
     g = p.add_argument_group("evaluation")
     g.add_argument("--mode", default="all", choices=["all", "indoor"],
                    help="SYSU-MM01 search mode (default: all; test.py of the release defaulted to indoor)")
     g.add_argument("--shot", type=int, default=1, choices=[1, 10], help="SYSU-MM01 gallery images per id and camera")
-    _alias(g, "--gallery-trials", type=int, default=None,
-           help="SYSU-MM01 random gallery samplings (default: 10 in test.py)")
+    if per_epoch:
+        _alias(g, "--gallery-trials", action=_Refused, metavar="N",
+               hint="the per-epoch evaluation of main.py samples --eval-trials galleries; pass --eval-trials N "
+                    "(test.py takes --gallery-trials)",
+               help="refused: use --eval-trials (--gallery-trials is a test.py flag)")
+    else:
+        _alias(g, "--gallery-trials", type=positive_int, default=None,
+               help="SYSU-MM01 random gallery samplings (default: 10)")
     g.add_argument("--flip", action="store_true",
                    help="average the features of each test image and its mirror image (stage-1 style)")
 
@@ -115,25 +167,25 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], datase
 def baseline_parser(dataset: str) -> argparse.ArgumentParser:
     """Flags of stage 1 (baseline_sysu.py / baseline_regdb.py), released defaults (method.md J.1)."""
     spec = SPECS[dataset]
-    p = argparse.ArgumentParser(description=f"Stage 1 (cluster-contrast baseline with intra-modality and "
+    p = new_parser(description=f"Stage 1 (cluster-contrast baseline with intra-modality and "
                                             f"joint phases) on {dataset}.")
     add_common_args(p, with_dataset=False)
     add_train_args(p, epochs=50, lr=3.5e-4, seed=1)
     g = p.add_argument_group("stage 1")
-    g.add_argument("--iters", type=int, default=None, help="iterations per epoch (default: sysu 200, regdb 100)")
-    g.add_argument("-b", "--batch-size", type=int, default=128,
+    g.add_argument("--iters", type=positive_int, default=None, help="iterations per epoch (default: sysu 200, regdb 100)")
+    g.add_argument("-b", "--batch-size", type=positive_int, default=128,
                    help="images per modality per iteration (default: 128 = 8 pseudo-ids x 16)")
-    _alias(g, "--num-instances", type=int, default=16, help="images per pseudo-identity in a batch (default: 16)")
-    _alias(g, "--step-size", type=int, default=20, help="StepLR period in epochs, gamma 0.1 (default: 20)")
-    g.add_argument("--eps", type=float, default=None,
+    _alias(g, "--num-instances", type=positive_int, default=16, help="images per pseudo-identity in a batch (default: 16)")
+    _alias(g, "--step-size", type=positive_int, default=20, help="StepLR period in epochs, gamma 0.1 (default: 20)")
+    g.add_argument("--eps", type=positive_float, default=None,
                    help=f"DBSCAN radius on the Jaccard distance (default: sysu 0.6, regdb 0.3; this run {spec.eps})")
-    g.add_argument("--k1", type=int, default=30, help="k-reciprocal neighbours of the intra-modality Jaccard (default: 30)")
-    g.add_argument("--k2", type=int, default=6, help="query-expansion neighbours of the intra-modality Jaccard (default: 6)")
-    _alias(g, "--k1-joint", type=int, default=None,
+    g.add_argument("--k1", type=positive_int, default=30, help="k-reciprocal neighbours of the intra-modality Jaccard (default: 30)")
+    g.add_argument("--k2", type=positive_int, default=6, help="query-expansion neighbours of the intra-modality Jaccard (default: 6)")
+    _alias(g, "--k1-joint", type=positive_int, default=None,
            help="k1 of the joint modality-balanced Jaccard (default: sysu 40, regdb 38)")
-    _alias(g, "--k2-joint", type=int, default=None,
+    _alias(g, "--k2-joint", type=positive_int, default=None,
            help="k2 of the joint modality-balanced Jaccard (default: sysu 32, regdb 18)")
-    g.add_argument("--temp", type=float, default=0.05, help="memory temperature tau (default: 0.05)")
+    g.add_argument("--temp", type=positive_float, default=0.05, help="memory temperature tau (default: 0.05)")
     g.add_argument("--momentum", type=float, default=0.1,
                    help="memory momentum mu in M <- mu*M + (1-mu)*f (default: 0.1)")
     _alias(g, "--use-hard", action="store_true", help="hard-sample memory update instead of the sequential one")
@@ -141,17 +193,17 @@ def baseline_parser(dataset: str) -> argparse.ArgumentParser:
     g.add_argument("--knn", default="torch", choices=["torch", "faiss"],
                    help="exact k-NN search of the Jaccard distance: torch (on --device) or faiss if installed")
     for old, new in (("--height", "img_h"), ("--width", "img_w")):
-        g.add_argument(old, dest=new, type=int, default=argparse.SUPPRESS, help=f"alias of --{new.replace('_', '-')} (released spelling)")
+        g.add_argument(old, dest=new, type=positive_int, default=argparse.SUPPRESS, help=f"alias of --{new.replace('_', '-')} (released spelling)")
     return p
 
 
 def mmm_parser() -> argparse.ArgumentParser:
     """Flags of stage 2 (main.py), released defaults (method.md J.2); paper variants are named flags."""
-    p = argparse.ArgumentParser(description="Stage 2 of MMM: multi-memory learning and matching, then "
+    p = new_parser(description="Stage 2 of MMM: multi-memory learning and matching, then "
                                             "training with the alignment losses on fixed pseudo-labels.")
     add_common_args(p)
     add_train_args(p, epochs=100, lr=0.1, seed=0)
-    add_eval_args(p)
+    add_eval_args(p, per_epoch=True)
     g = p.add_argument_group("stage 2")
     _alias(g, "--resume-net1", required=True, help="stage-1 checkpoint (e.g. logs/sysu/baseline/final.pth)")
     g.add_argument("--init", default="baseline", choices=["baseline", "imagenet"],
@@ -159,14 +211,14 @@ def mmm_parser() -> argparse.ArgumentParser:
                         "--pretrained weights, as the released code did")
     _alias(g, "--baseline-artifact", default=None,
            help="stage-1 pseudo_labels.npz (default: found next to --resume_net1)")
-    _alias(g, "--num-memories", type=int, default=4, help="k-means sub-centres (memories) per cluster (default: 4)")
+    _alias(g, "--num-memories", type=positive_int, default=4, help="k-means sub-centres (memories) per cluster (default: 4)")
     g.add_argument("--matching", default="greedy", choices=["greedy", "hungarian"],
                    help="cluster matching: greedy many-to-one (released, default) or hungarian one-to-one (paper)")
     _alias(g, "--match-cost", default="ir2rgb", choices=["ir2rgb", "rgb2ir"],
            help="matching cost: sum over ir memories of the nearest rgb memory (released, default) or the reverse (paper)")
-    _alias(g, "--warm-epochs", type=int, default=5, help="warm-up epochs with plain cross-entropy (default: 5)")
-    _alias(g, "--batch-ids", type=int, default=6, help="pseudo-identities per batch (default: 6; paper: 8)")
-    _alias(g, "--num-pos", type=int, default=4, help="images per identity and modality in a batch (default: 4)")
+    _alias(g, "--warm-epochs", type=non_negative_int, default=5, help="warm-up epochs with plain cross-entropy (default: 5)")
+    _alias(g, "--batch-ids", type=positive_int, default=6, help="pseudo-identities per batch (default: 6; paper: 8)")
+    _alias(g, "--num-pos", type=positive_int, default=4, help="images per identity and modality in a batch (default: 4)")
     g.add_argument("--margin", type=float, default=0.2, help="batch-hard triplet margin (default: 0.2)")
     _alias(g, "--id-loss", default="soft", choices=["soft", "plain"],
            help="identity loss: clean-probability weighted (soft, released) or plain cross-entropy")
@@ -174,9 +226,9 @@ def mmm_parser() -> argparse.ArgumentParser:
     _alias(g, "--inter-weight", "--md_w", type=float, default=0.05, help="lambda_inter of the MMD term (default: 0.05)")
     _alias(g, "--intra-loss", default="l1", choices=["l1", "l2"],
            help="distance of the intra-modality term: l1 (released) or l2 (paper)")
-    _alias(g, "--inter-start-epoch", type=int, default=None,
+    _alias(g, "--inter-start-epoch", type=non_negative_int, default=None,
            help="first epoch of the inter-modality term (default: the first training epoch = --warm-epochs, "
                 "as released; the paper uses 15)")
-    _alias(g, "--eval-trials", type=int, default=1,
+    _alias(g, "--eval-trials", type=positive_int, default=1,
            help="SYSU gallery samplings of the per-epoch evaluation (default: 1 = trial 0, as released)")
     return p

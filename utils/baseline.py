@@ -206,6 +206,8 @@ def run_phase(phase: str, model, data, args, ctx) -> None:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
             scheduler.step()
         record = dict(phase=phase, epoch=epoch, lr=lr, **report, **losses)
+        if joint:  # False when the joint step was skipped ("too few cross-modality clusters")
+            record["joint_trained"] = "joint_loss_rgb" in losses
         due = args.eval_step > 0 and ((epoch + 1) % args.eval_step == 0 or epoch + 1 == args.epochs)
         is_best = False
         if due and ctx.dist.is_main:

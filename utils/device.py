@@ -1,7 +1,9 @@
 """Device choice and multi-GPU wrapping. Nothing here touches CUDA_VISIBLE_DEVICES."""
 from __future__ import annotations
 
+import os
 import random
+import time
 from typing import Optional
 
 import numpy as np
@@ -27,6 +29,35 @@ def resolve_device(name: Optional[str] = None) -> torch.device:
         raise DataError(f"--device {name} was given but no GPU is visible; use --device cpu "
                         "(or check CUDA_VISIBLE_DEVICES and the torch CUDA build)")
     return device
+
+
+def busy_cores(interval: float = 0.3) -> Optional[float]:
+    """How many cores other work keeps busy right now: (1 - idle share) x cores over ``interval`` seconds,
+    from /proc/stat; None where it cannot be read (then callers fall back to the load average, which
+    lags by a minute and also counts this program's own finished work)."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [float(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, total
+    try:
+        idle0, total0 = sample()
+        time.sleep(interval)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = os.cpu_count() or 1
+    return cores * (1.0 - (idle1 - idle0) / max(total1 - total0, 1e-9))
+
+
+def default_threads(cap: int = 8) -> int:
+    """CPU threads for one process: the cores it may use (at most ``cap``), but 1 when other work already
+    keeps at least half of them busy. On a busy machine, OpenMP threads that spin waiting for each other
+    make iterations many times slower than one thread does."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = busy_cores()
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return 1 if busy >= cores / 2 else max(1, min(cores, cap))
 
 
 def maybe_data_parallel(model: nn.Module, device: torch.device, distributed: bool = False) -> nn.Module:

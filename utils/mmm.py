@@ -102,8 +102,9 @@ def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch
     sampler = full_pass(data, args, ctx, epoch) if warm else identity_pass(data, args, ctx, epoch)
     model.train()
     sums: Dict[str, float] = {}
-    for it, batch in enumerate(tqdm(loader(dataset, sampler, args, ctx.device), total=len(sampler),
-                                    desc="warm-up" if warm else "train", leave=False, disable=not ctx.dist.is_main)):
+    bar = tqdm(loader(dataset, sampler, args, ctx.device), total=len(sampler),
+               desc="warm-up" if warm else "train", leave=False, disable=not ctx.dist.is_main)
+    for it, batch in enumerate(bar):
         # The losses see the global batch (triplet negatives come from every rank's identities).
         o = gather_outputs(forward_batch(model, batch, ctx.device), ctx.dist)
         if warm:
@@ -120,6 +121,8 @@ def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch
         optimizer.step()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
+        if (it + 1) % args.print_freq == 0:  # running means, as stage 1 shows them
+            bar.set_postfix({k: f"{v / (it + 1):.3f}" for k, v in sums.items()})
     return {f"loss_{k}": v / max(len(sampler), 1) for k, v in sums.items()}
 
 
@@ -161,16 +164,22 @@ def run_mmm(args) -> str:
     return ctx.run_dir
 
 
+def eval_options(args) -> Dict:
+    """Keyword arguments of :func:`utils.evaluation.evaluate` for the per-epoch evaluation: the test
+    protocol flags (--mode, --shot, --eval-trials, --flip, --amp) and the input size."""
+    return dict(trial=args.trial, modes=(args.mode,), shot=args.shot, gallery_trials=args.eval_trials,
+                directions=("visible2thermal",), img_h=args.img_h, img_w=args.img_w,
+                batch_size=args.test_batch, workers=args.workers, flip=args.flip, amp=args.amp, progress=False)
+
+
 def end_of_epoch(model, optimizer, protos, record, best, args, ctx, timer) -> float:
     """Evaluate (every --eval-step, trial-0 gallery as released), checkpoint, log; returns the best Rank-1."""
     epoch = record["epoch"]
     due = args.eval_step > 0 and ((epoch + 1) % args.eval_step == 0 or epoch + 1 == args.epochs)
     is_best = False
     if due and ctx.dist.is_main:
-        results = evaluate(unwrap(model), args.dataset, args.data_dir, device=ctx.device, trial=args.trial,
-                           modes=(args.mode,), gallery_trials=args.eval_trials, directions=("visible2thermal",),
-                           img_h=args.img_h, img_w=args.img_w, cache=ctx.cache(args, "lanczos"),
-                           batch_size=args.test_batch, workers=args.workers, progress=False)
+        results = evaluate(unwrap(model), args.dataset, args.data_dir, device=ctx.device,
+                           cache=ctx.cache(args, "lanczos"), **eval_options(args))
         record["eval"] = {k: v["mean"] for k, v in results.items()}
         for line in format_results(results):
             if "MEAN" in line:

@@ -1,7 +1,9 @@
 """Setting up a training run: run directory, logging, device, seed, image cache, resume guard."""
 from __future__ import annotations
 
+import glob
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -13,6 +15,11 @@ from data.sample import DataError
 from utils.device import resolve_device, seed_everything
 from utils.distributed import DistInfo, init_distributed, run_on_main
 from utils.runlog import setup_logger, write_args
+
+#: When this process started using the run tools; temp files older than this belong to a dead process.
+PROCESS_START = time.time()
+#: Flags holding a path, recorded absolute in ``args.json``.
+PATH_FLAGS = ("data_dir", "output_dir", "resume_net1", "cache_dir", "baseline_artifact")
 
 
 @dataclass
@@ -61,7 +68,8 @@ def prepare_run(args, stage: str, last_checkpoint: str) -> RunContext:
                         "or choose another --output-dir")
     logger = setup_logger(run_dir, stage, enabled=dist.is_main)
     if dist.is_main:
-        write_args(run_dir, vars(args))
+        write_args(run_dir, run_record(args))
+        remove_orphan_temps(run_dir, logger)
     # Same seed on every rank: samplers generate identical global batches and slice them per rank.
     seed_everything(args.seed)
     cache_dir = args.cache_dir or default_cache_dir(args.data_dir)
@@ -74,6 +82,47 @@ def prepare_run(args, stage: str, last_checkpoint: str) -> RunContext:
                 f"run dir {run_dir}, image cache {cache_dir or 'none (decoding images)'}"
                 f"{', resuming' if existing else ''}")
     return RunContext(run_dir=run_dir, device=device, logger=logger, dist=dist, cache_dir=cache_dir)
+
+
+def code_version() -> str:
+    """``git rev-parse HEAD`` of this code's repository, or ``"unknown"`` (no git, not a clone)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def run_record(args) -> dict:
+    """What ``args.json`` records: the resolved flags with absolute paths, plus the code version."""
+    record = dict(vars(args))
+    for key in PATH_FLAGS:
+        if record.get(key):
+            record[key] = os.path.abspath(record[key])
+    pretrained = record.get("pretrained")
+    if pretrained and os.path.isfile(pretrained):
+        record["pretrained"] = os.path.abspath(pretrained)
+    record["code_version"] = code_version()
+    return record
+
+
+def remove_orphan_temps(run_dir: str, logger) -> list:
+    """Delete ``.tmp_*.pth`` left in ``run_dir`` (and below) by a checkpoint write that was killed.
+
+    Only files older than this process are removed (not a write in progress). Returns their paths.
+    """
+    removed = []
+    for path in sorted(glob.glob(os.path.join(run_dir, "**", ".tmp_*.pth"), recursive=True)):
+        try:
+            if os.path.getmtime(path) < PROCESS_START:
+                size = os.path.getsize(path)
+                os.remove(path)
+                removed.append(path)
+                logger.info(f"removed {path} ({size / 2**20:.1f} MiB), left by an interrupted checkpoint write")
+        except OSError:  # gone meanwhile or not ours to delete: leave it
+            continue
+    return removed
 
 
 class Timer:

@@ -1,4 +1,4 @@
-"""Run directories: console + ``log.txt`` logging, ``args.json`` once, ``metrics.jsonl`` per epoch."""
+"""Run directories: console + ``log.txt`` logging, ``args.json`` per start, ``metrics.jsonl`` per epoch."""
 from __future__ import annotations
 
 import json
@@ -43,12 +43,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_args(run_dir: str, args: Dict[str, Any]) -> None:
-    """Write ``args.json`` (the resolved flags) unless it exists already (a resumed run keeps it)."""
-    path = os.path.join(run_dir, "args.json")
-    if not os.path.exists(path):
-        os.makedirs(run_dir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(_jsonable(args), f, indent=1, sort_keys=True)
+    """(Re)write ``args.json`` with the flags of this start of the run: a corrected rerun or a
+    ``--resume`` replaces what an earlier attempt recorded."""
+    write_json(os.path.join(run_dir, "args.json"), args)
 
 
 def append_metrics(run_dir: str, record: Dict[str, Any]) -> None:

@@ -1,0 +1,123 @@
+"""scripts/bench_learning.py and utils/learning_metrics.py: the matching accuracy and the chance level on
+known answers, the refusal of a folder that is not SYSU-MM01, and one quick end-to-end run (slow)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "bench_learning.py")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """scripts/bench_learning.py imported as a module."""
+    spec = importlib.util.spec_from_file_location("bench_learning", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_matching_accuracy_known_answer():
+    from utils.learning_metrics import majority_ids, matching_accuracy
+
+    # visible clusters 0, 1, 2 hold mostly ids 5, 7, 9; the outlier (-1, id 5) does not count
+    labels_rgb = np.array([0, 0, 0, 1, 1, 2, 2, -1])
+    gt_rgb = np.array([5, 5, 6, 7, 7, 9, 9, 5])
+    # infrared clusters 0, 1, 2 hold mostly ids 5, 7, 8
+    labels_ir = np.array([0, 0, 1, 1, 1, 2, 2, -1])
+    gt_ir = np.array([5, 5, 7, 7, 3, 8, 8, 9])
+    assert majority_ids(labels_rgb, gt_rgb) == {0: 5, 1: 7, 2: 9}
+    # 0 -> 0 (5 = 5) right, 1 -> 1 (7 = 7) right, 2 -> 2 (9 != 8) wrong
+    acc = matching_accuracy(labels_rgb, gt_rgb, labels_ir, gt_ir, {0: 0, 1: 1, 2: 2})
+    assert acc == pytest.approx(2 / 3)
+    # a visible cluster without a partner counts as wrong; partners may be shared (greedy)
+    assert matching_accuracy(labels_rgb, gt_rgb, labels_ir, gt_ir, {0: 0, 1: -1, 2: 2}) == pytest.approx(1 / 3)
+    assert matching_accuracy(labels_rgb, gt_rgb, labels_ir, gt_ir, {0: 0, 1: 0, 2: 0}) == pytest.approx(1 / 3)
+
+
+def test_chance_level_matches_theory():
+    """Single-shot gallery of n identities, random distances: Rank-1 = 1/n, Rank-5 = 5/n, mAP = H_n / n."""
+    from data.datasets import TestSplit
+    from data.sample import Sample
+    from utils.learning_metrics import METRICS, chance_level
+
+    n = 10
+    query = [Sample(f"q{p}_{c}.jpg", p, c, "ir") for p in range(n) for c in (3, 6)]
+    splits = [TestSplit(f"trial{t}", query, [Sample(f"g{t}_{p}.jpg", p, 1 + 3 * (p % 2), "rgb") for p in range(n)])
+              for t in range(3)]
+    chance = chance_level(splits, draws=100, seed=0)
+    assert chance["draws"] == 100 and set(chance["std"]) == set(METRICS)
+    assert chance["mean"]["r1"] == pytest.approx(100 / n, abs=1.5)
+    assert chance["mean"]["r5"] == pytest.approx(100 * 5 / n, abs=3)
+    assert chance["mean"]["mAP"] == pytest.approx(100 * sum(1 / k for k in range(1, n + 1)) / n, abs=1.5)
+
+
+def test_refuses_a_folder_that_is_not_sysu(tmp_path):
+    proc = subprocess.run([sys.executable, SCRIPT, "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "cam1" in lines[0], proc.stderr
+
+
+def test_refuses_to_overwrite_a_previous_run_without_force(tmp_path):
+    for name in [f"cam{c}" for c in range(1, 7)] + ["exp"]:
+        (tmp_path / "data" / name).mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "learning.json").write_text("{}")
+    proc = subprocess.run([sys.executable, SCRIPT, "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--force" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_failing_stage_names_itself_and_its_log(bench, tmp_path):
+    from data.sample import DataError
+
+    log = tmp_path / "stage2.log"
+    with pytest.raises(DataError, match=r"stage2 .*exit status 3: error: boom .*stage2\.log"):
+        bench.run_stage("stage2", ["-c", "import sys; print('step'); print('error: boom'); sys.exit(3)"],
+                        dict(os.environ), str(log))
+    assert log.read_text() == "step\nerror: boom\n"
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end_joint_step_trains(tmp_path, bench):
+    """A small pretrained backbone (scripts/pretrain_backbone.py) -> bench --quick: the joint phase forms
+    cross-modality clusters and really trains, and stage 2 runs with the default greedy matching."""
+    data, out, weights = tmp_path / "data", tmp_path / "bench", tmp_path / "pretrained.pth"
+    subprocess.run([sys.executable, "scripts/make_synthetic.py", "--layout", "sysu", "--out", str(data), "--ids",
+                    "20", "--seed", "4", "--images-per-cam", "4", "6"], cwd=ROOT, check=True, capture_output=True,
+                   timeout=300)
+    # --threads 1: on a shared 2-core machine two OpenMP threads per stage can run several times slower
+    subprocess.run([sys.executable, "scripts/pretrain_backbone.py", "--out", str(weights), "--ids", "64",
+                    "--images-per-id", "8", "--epochs", "3", "--batch-size", "32", "--threads", "1"], cwd=ROOT,
+                   check=True, capture_output=True, timeout=600)
+    proc = subprocess.run([sys.executable, SCRIPT, "--data-dir", str(data), "--out", str(out), "--quick",
+                           "--pretrained", str(weights), "--threads", "1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.load(open(out / "learning.json"))
+    assert set(bench.JSON_KEYS) <= set(report)
+    epochs = report["stage1_epochs"]
+    assert epochs and all({"phase", "epoch", *bench.EPOCH_KEYS} <= set(e) for e in epochs)
+    assert {e["phase"] for e in epochs} == {"intra", "joint"}
+    assert all(isinstance(e["joint_trained"], bool) for e in epochs if e["phase"] == "joint")
+    joint = [e for e in epochs if e["phase"] == "joint"]
+    assert all(e["joint_cross_modal_clusters"] > 0 and e["joint_trained"] for e in joint), joint
+    assert report["summary"]["joint_trained_fraction"] == 1.0
+    stage2_args = json.load(open(out / "logs" / "sysu" / "mmm" / "args.json"))
+    assert stage2_args["matching"] == "greedy" and (out / "logs" / "sysu" / "mmm" / "best.pth").exists()
+    for rule in ("greedy", "hungarian"):
+        assert 0.0 <= report["mmlm"][rule]["accuracy"] <= 1.0
+    for group in ("chance", "stage1", "stage2"):
+        for metric in bench.METRICS:
+            assert 0.0 <= report["test"][group]["mean"][metric] <= 100.0
+    assert {"joint_trained_fraction", "stage2_beats_stage1", "stage1_r1_x_chance"} <= set(report["summary"])
+    with open(out / "learning.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "MMLM" in proc.stdout and "chance" in proc.stdout
