@@ -185,22 +185,27 @@ def prepare_out(args) -> Dict[str, str]:
             "stage2": os.path.join(out, "logs", "sysu", "mmm")}
 
 
-def run_pipeline(args, p: Dict[str, str], s: Dict, env: Dict[str, str]) -> None:
-    """Stage 1, stage 2 and test.py on both checkpoints, through the entry points."""
+def stage_commands(args, p: Dict[str, str], s: Dict) -> List[tuple]:
+    """(name, argv) of stage 1, stage 2 and test.py on both checkpoints, in running order."""
     model = ["--data-dir", p["data"], "--device", args.device, "--arch", args.arch, "--img-h", args.img_h,
              "--img-w", args.img_w, "--workers", SMALL["--workers"]]
     common = model + ["--output-dir", os.path.join(p["out"], "logs"), "--seed", args.seed]
     final, best = os.path.join(p["stage1"], "final.pth"), os.path.join(p["stage2"], "best.pth")
-    log = {n: os.path.join(p["out"], "bench_logs", n + ".log")
-           for n in ("stage1", "stage2", "test_stage1", "test_stage2")}
-    run_stage("stage1", ["baseline_sysu.py", *common, "--pretrained", args.pretrained, *flags(s["stage1"]),
-                         "--report-ari"], env, log["stage1"])
-    run_stage("stage2", ["main.py", "--dataset", "sysu", *common, "--resume_net1", final, *flags(s["stage2"]),
-                         "--report-ari"], env, log["stage2"])
+    cmds = [("stage1", ["baseline_sysu.py", *common, "--pretrained", args.pretrained, *flags(s["stage1"]),
+                        "--report-ari"]),
+            ("stage2", ["main.py", "--dataset", "sysu", *common, "--resume_net1", final, *flags(s["stage2"]),
+                        "--report-ari"])]
     for stage, ckpt in (("stage1", final), ("stage2", best)):
-        run_stage(f"test_{stage}", ["test.py", "--dataset", "sysu", *model, "--resume-net1", ckpt, "--mode", "all",
-                                    "--gallery-trials", GALLERY_TRIALS, "--out",
-                                    os.path.join(p["out"], "test", f"{stage}.json")], env, log[f"test_{stage}"])
+        cmds.append((f"test_{stage}", ["test.py", "--dataset", "sysu", *model, "--resume-net1", ckpt, "--mode", "all",
+                                       "--gallery-trials", GALLERY_TRIALS, "--out",
+                                       os.path.join(p["out"], "test", f"{stage}.json")]))
+    return [(name, [str(a) for a in argv]) for name, argv in cmds]
+
+
+def run_pipeline(args, p: Dict[str, str], s: Dict, env: Dict[str, str]) -> None:
+    """Stage 1, stage 2 and test.py on both checkpoints, through the entry points."""
+    for name, argv in stage_commands(args, p, s):
+        run_stage(name, argv, env, os.path.join(p["out"], "bench_logs", name + ".log"))
 
 
 def thread_count(requested) -> int:

@@ -121,3 +121,46 @@ def test_quick_run_end_to_end_joint_step_trains(tmp_path, bench):
     with open(out / "learning.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "MMLM" in proc.stdout and "chance" in proc.stdout
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_stage_command_lines_parse(bench, quick, tmp_path):
+    """The entry-point calls the benchmark (and so scripts/demo.sh) makes are accepted by the real parsers,
+    with the documented settings: a renamed flag fails here, not in a user's run."""
+    from utils.args import baseline_parser, mmm_parser, parse
+
+    spec = importlib.util.spec_from_file_location("mmm_test_entry", os.path.join(ROOT, "test.py"))
+    test_entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(test_entry)
+    parsers = {"baseline_sysu.py": lambda a: parse(baseline_parser("sysu"), a, dataset="sysu"),
+               "main.py": lambda a: parse(mmm_parser(), a), "test.py": lambda a: parse(test_entry.build_parser(), a)}
+    args = bench.build_parser().parse_args(["--data-dir", "D", "--pretrained", "w.pth"] + ["--quick"] * quick)
+    paths = {"data": "D", "out": str(tmp_path), "stage1": str(tmp_path / "s1"), "stage2": str(tmp_path / "s2")}
+    cmds = bench.stage_commands(args, paths, bench.stage_settings(args))
+    assert [name for name, _ in cmds] == ["stage1", "stage2", "test_stage1", "test_stage2"]
+    for _, argv in cmds:
+        parsed = parsers[argv[0]](argv[1:])
+        assert parsed.data_dir == "D" and parsed.img_h == 64 and parsed.img_w == 32
+    stage1, stage2 = (parsers[argv[0]](argv[1:]) for _, argv in cmds[:2])
+    assert stage1.pretrained == "w.pth" and stage2.matching == "greedy"  # the released matching rule
+    assert (stage1.epochs, stage1.iters, stage1.eps) == ((1, 4, 0.5) if quick else (4, 60, 0.5))
+
+
+def test_demo_script_calls_parse():
+    """Every scripts/*.py call in scripts/demo.sh is accepted by that script's parser."""
+    import re
+    import shlex
+
+    text = open(os.path.join(ROOT, "scripts", "demo.sh")).read().replace("\\\n", " ")
+    calls = re.findall(r'^\s*"\$PY" scripts/(\w+)\.py (.*)$', text, flags=re.M)
+    assert {name for name, _ in calls} >= {"make_synthetic", "pretrain_backbone", "bench_learning"}
+    for name, rest in calls:
+        rest = re.sub(r'"\$\{THREAD_FLAG\[@\]\}"', "", rest)
+        argv = shlex.split(re.sub(r"\$\{?\w+\}?", "x", rest))
+        spec = importlib.util.spec_from_file_location(f"demo_{name}", os.path.join(ROOT, "scripts", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        try:
+            module.build_parser().parse_args(argv)
+        except SystemExit as err:
+            pytest.fail(f"scripts/demo.sh: {name}.py {' '.join(argv)} is refused by its parser ({err})")

@@ -227,12 +227,20 @@ def test_stage2_ranks_agree_and_rank0_writes(stage1):
 
 # Loaded through PYTHONPATH by the runs below: BatchNorm always normalises with its running
 # statistics and the training transforms are deterministic, i.e. the two known sources of
-# difference between one and two processes are switched off.
+# difference between one and two processes are switched off. Adam is replaced by plain SGD at the
+# same rate: Adam divides each gradient by its own running magnitude, so the rounding-level
+# differences of near-zero gradients (another summation order in the all-reduce) become full-size
+# steps, and how far that drifts depends on the CPU; SGD keeps rounding differences at rounding level.
 _CONTROLLED = '''
 import sys
 sys.path.insert(0, {root!r})
+import torch
 import torch.nn.functional as F
 import data.transforms as tr
+class _PlainSGD(torch.optim.SGD):
+    def __init__(self, params, lr, weight_decay=0.0, **unused):
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+torch.optim.Adam = _PlainSGD
 _batch_norm = F.batch_norm
 def _running_stats_bn(x, mean, var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     return _batch_norm(x, mean, var, weight, bias, False, momentum, eps)
