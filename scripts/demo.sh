@@ -10,7 +10,8 @@
 # Usage: bash scripts/demo.sh [OUT_DIR]        (default OUT_DIR: demo_run; its logs are replaced each run)
 #        PYTHON=/path/to/python THREADS=N bash scripts/demo.sh
 #
-# About 10 minutes on an idle 2-core machine the first time (pretraining ~4 of them), ~6 afterwards.
+# About 9.5 minutes on an idle 2-core machine with the data and the backbone already made; the first run
+# adds ~3.5 minutes of pretraining. A busy machine (one thread per process) took 19 minutes here.
 # On a busy machine the scripts use one thread per process (THREADS=N overrides): oversubscribed
 # OpenMP threads otherwise make single iterations take seconds instead of a fraction of one.
 #
@@ -25,9 +26,10 @@
 #   is many-to-one, so visible clusters can merge into one infrared label: a lower visible ARI after
 #   matching is then expected, not a bug.
 # - Test Rank-1/mAP (all-search, 10 gallery trials, mean +- std) of the stage-1 and stage-2
-#   checkpoints next to chance: stage 2 (MMM) should beat stage 1 (the baseline). On this machine
-#   the numbers landed in the ranges the README's "What to expect on CPU" table shows; another
-#   CPU rounds differently and follows a somewhat different path.
+#   checkpoints next to chance: stage 2 (MMM) should beat stage 1 (the baseline). On the development
+#   machine: stage 1 Rank-1 ~42-44, mAP ~46-49; stage 2 Rank-1 ~49-55, mAP ~52-57; chance 3 / 8; the
+#   joint step trained in every joint epoch. Another CPU or thread count rounds differently and follows
+#   a somewhat different path (README "What to expect on CPU").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-demo_run}"

@@ -635,6 +635,10 @@ def test_main_resume_after_interruption(e2e):
     assert (last["stage"], last["epoch"], last["dataset"]) == ("mmm", 1, "sysu")
     assert any(float(p.abs().sum()) > 0 for p in last["extra"]["prototypes"].values())  # refreshed
     assert (s.run_dir / "best.pth").is_file()
+    with np.load(s.run_dir / "mmlm_labels.npz") as m:  # the matched labels, written for inspection
+        assert len(m["paths_rgb"]) == len(m["labels_rgb"]) and len(m["paths_ir"]) == len(m["labels_ir"])
+        matched = set(m["labels_rgb"][m["labels_rgb"] >= 0].tolist())
+        assert matched and matched <= set(m["labels_ir"].tolist())  # visible labels live in the ir label space
 
 
 @pytest.mark.parametrize("case, fragments", [

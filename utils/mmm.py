@@ -19,7 +19,7 @@ from data.transforms import build_train_transforms
 from memory.gmm import clean_probabilities
 from model import build_model
 from model.agw import param_groups_stage2
-from utils.artifacts import align_to_samples, find_artifact, load_artifact
+from utils.artifacts import align_to_samples, find_artifact, load_artifact, relative_paths
 from utils.checkpoint import (check_compatible, load_checkpoint, load_model_state, make_checkpoint,
                               save_checkpoint)
 from utils.device import unwrap
@@ -56,7 +56,18 @@ def matched_labels(args, ctx, rgb, ir) -> Dict[str, np.ndarray]:
         after = report_ari(new_rgb, pids_of(rgb), l_ir, pids_of(ir))
         ctx.logger.info("ARI before matching " + "  ".join(f"{k} {v:.3f}" for k, v in before.items()) +
                         " | after " + "  ".join(f"{k} {v:.3f}" for k, v in after.items()))
-    return {"rgb": new_rgb, "ir": l_ir}
+    labels = {"rgb": new_rgb, "ir": l_ir}
+    save_matched_labels(ctx.run_dir, args.data_dir, rgb, ir, labels)
+    return labels
+
+
+def save_matched_labels(run_dir: str, data_dir: str, rgb, ir, labels: Dict[str, np.ndarray]) -> str:
+    """``<run_dir>/mmlm_labels.npz``: per modality the image paths (relative to --data-dir) and the stage-2
+    labels after the matching (visible labels in the infrared label space, -1 = outlier), for inspection."""
+    path = os.path.join(run_dir, "mmlm_labels.npz")
+    np.savez(path, paths_rgb=np.array(relative_paths(rgb, data_dir)), labels_rgb=labels["rgb"],
+             paths_ir=np.array(relative_paths(ir, data_dir)), labels_ir=labels["ir"])
+    return path
 
 
 def training_data(args, ctx) -> Dict:
