@@ -74,7 +74,7 @@ def make_resnet(arch: str, state_dict: Optional[Mapping[str, torch.Tensor]] = No
     return net
 
 
-def _stride_one(layer: nn.Sequential) -> None:
+def stride_one(layer: nn.Sequential) -> None:
     """Set every stride-2 convolution of ``layer[0]`` (main path and downsample) to stride 1.
 
     Bottleneck (resnet50) strides its 3×3 conv2, BasicBlock (resnet18/34) its conv1; walking all
@@ -116,7 +116,7 @@ class EmbedNet(nn.Module):
         # Only the stems of instances 1 and 2 are kept: their layer1-4 and fc would never be used.
         self.rgb_stem = nn.Sequential(rgb.conv1, rgb.bn1, rgb.relu, rgb.maxpool)
         self.ir_stem = nn.Sequential(ir.conv1, ir.bn1, ir.relu, ir.maxpool)
-        _stride_one(shared.layer4)
+        stride_one(shared.layer4)
         self.layer1, self.layer2 = shared.layer1, shared.layer2
         self.layer3, self.layer4 = shared.layer3, shared.layer4
         self.nl_positions: Dict[str, Sequence[int]] = {}

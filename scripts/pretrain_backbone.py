@@ -32,7 +32,7 @@ from tqdm import tqdm  # noqa: E402
 from data.sample import DataError  # noqa: E402
 from data.synthetic_pretrain import augment, render_population  # noqa: E402
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from model.agw import ARCHS, _stride_one, make_resnet  # noqa: E402
+from model.agw import ARCHS, stride_one, make_resnet  # noqa: E402
 from utils.checkpoint import atomic_torch_save  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.device import default_threads, resolve_device  # noqa: E402
@@ -66,7 +66,7 @@ class PretrainNet(nn.Module):
     def __init__(self, arch: str, num_classes: int):
         super().__init__()
         self.resnet = make_resnet(arch)
-        _stride_one(self.resnet.layer4)
+        stride_one(self.resnet.layer4)
         dim = ARCHS[arch][1]
         self.neck = nn.BatchNorm1d(dim)
         self.head = nn.Linear(dim, num_classes)

@@ -198,8 +198,6 @@ def _prepare(synth, out, extra=()):
 
 
 def test_orphan_temp_files_removed_at_start(synth, tmp_path):
-    import utils.run  # noqa: F401  (its import marks the start of this process's run tools)
-
     run_dir = tmp_path / "sysu" / "mmm"
     (run_dir / "sub").mkdir(parents=True)
     old = [run_dir / ".tmp_a1b2.pth", run_dir / "sub" / ".tmp_c3.pth"]

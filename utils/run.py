@@ -16,8 +16,6 @@ from utils.device import resolve_device, seed_everything
 from utils.distributed import DistInfo, init_distributed, run_on_main
 from utils.runlog import setup_logger, write_args
 
-#: When this process started using the run tools; temp files older than this belong to a dead process.
-PROCESS_START = time.time()
 #: Flags holding a path, recorded absolute in ``args.json``.
 PATH_FLAGS = ("data_dir", "output_dir", "resume_net1", "cache_dir", "baseline_artifact")
 
@@ -107,15 +105,18 @@ def run_record(args) -> dict:
     return record
 
 
-def remove_orphan_temps(run_dir: str, logger) -> list:
+def remove_orphan_temps(run_dir: str, logger, before: Optional[float] = None) -> list:
     """Delete ``.tmp_*.pth`` left in ``run_dir`` (and below) by a checkpoint write that was killed.
 
-    Only files older than this process are removed (not a write in progress). Returns their paths.
+    Called at the start of a run, before this run writes any checkpoint: only files last modified
+    before ``before`` (default: a minute ago) are removed, so a write in progress (its file keeps
+    changing) is never touched. Returns their paths.
     """
+    before = time.time() - 60 if before is None else before
     removed = []
     for path in sorted(glob.glob(os.path.join(run_dir, "**", ".tmp_*.pth"), recursive=True)):
         try:
-            if os.path.getmtime(path) < PROCESS_START:
+            if os.path.getmtime(path) < before:
                 size = os.path.getsize(path)
                 os.remove(path)
                 removed.append(path)
