@@ -179,8 +179,11 @@ def prepare_out(args) -> Dict[str, str]:
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
-    for sub in ("test", "bench_logs"):
-        os.makedirs(os.path.join(out, sub))
+    try:
+        for sub in ("test", "bench_logs"):
+            os.makedirs(os.path.join(out, sub))
+    except OSError as err:
+        raise DataError(f"--out {args.out}: cannot create {err.filename} ({err.strerror})") from None
     return {"data": data_dir, "out": out, "stage1": os.path.join(out, "logs", "sysu", "baseline"),
             "stage2": os.path.join(out, "logs", "sysu", "mmm")}
 

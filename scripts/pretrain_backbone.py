@@ -147,7 +147,11 @@ def check_args(args) -> None:
     if args.ids * args.images_per_id < args.batch_size:
         raise DataError(f"--ids x --images-per-id ({args.ids * args.images_per_id}) must be >= --batch-size")
     folder = os.path.dirname(os.path.abspath(args.out))
-    if os.path.exists(folder) and not os.access(folder, os.W_OK):
+    try:  # before minutes of rendering and training, not after
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"--out {args.out}: cannot create folder {folder} ({err.strerror})") from None
+    if not os.access(folder, os.W_OK):
         raise DataError(f"--out {args.out}: folder {folder} is not writable")
 
 

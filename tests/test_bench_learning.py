@@ -75,6 +75,16 @@ def test_refuses_to_overwrite_a_previous_run_without_force(tmp_path):
     assert proc.returncode == 2 and "--force" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_refuses_an_out_folder_that_cannot_be_created(tmp_path):
+    for name in [f"cam{c}" for c in range(1, 7)] + ["exp"]:
+        (tmp_path / "data" / name).mkdir(parents=True)
+    proc = subprocess.run([sys.executable, SCRIPT, "--data-dir", str(tmp_path / "data"), "--out", "/proc/no/out",
+                           "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: --out /proc/no/out"), proc.stderr
+
+
 def test_failing_stage_names_itself_and_its_log(bench, tmp_path):
     from data.sample import DataError
 

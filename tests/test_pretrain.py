@@ -59,9 +59,10 @@ def test_pretrain_script_writes_a_loadable_torchvision_state_dict(tmp_path, repo
 
 
 @pytest.mark.parametrize("bad, fragment", [(["--ids", "1"], "--ids"), (["--img-h", "8"], "--img-h"),
-                                           (["--ids", "2", "--images-per-id", "2"], "--batch-size")])
+                                           (["--ids", "2", "--images-per-id", "2"], "--batch-size"),
+                                           (["--out", "/proc/no/such/w.pth"], "/proc/no/such")])
 def test_pretrain_script_bad_flags_give_one_line_errors(tmp_path, repo_root, bad, fragment):
-    cmd = [sys.executable, "scripts/pretrain_backbone.py", "--out", str(tmp_path / "w.pth"), *bad]
+    cmd = [sys.executable, "scripts/pretrain_backbone.py", "--out", str(tmp_path / "w.pth"), "--threads", "1", *bad]
     proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error:") and fragment in proc.stderr
