@@ -112,12 +112,15 @@ def _pair_dots(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
 
 
 def softmax_weights(x: torch.Tensor, indptr: np.ndarray, indices: np.ndarray,
-                    table: Optional[np.ndarray] = None, table_dots: Optional[np.ndarray] = None) -> np.ndarray:
+                    table: Optional[np.ndarray] = None, table_dots: Optional[np.ndarray] = None,
+                    row_scale: Optional[np.ndarray] = None) -> np.ndarray:
     """Step 3: V data aligned with (indptr, indices); row i = softmax over E(i) of −(2 − 2⟨f_i, f_j⟩).
 
     ``x`` is the (N, D) float32 feature tensor (any device). Inner products of pairs found in the neighbour
     ``table`` (N, k1) are taken from ``table_dots`` (the float32 Gram entries of the search); the others are
-    recomputed in float32. The softmax itself runs in float64; returns float32.
+    recomputed in float32. ``row_scale`` (N,) > 0 optionally divides the distances of row i by
+    ``row_scale[i]`` first (Zhong et al.'s re-ranking scales each row to a maximum of 1). The softmax
+    itself runs in float64; returns float32.
     """
     n = indptr.size - 1
     lens = np.diff(indptr)
@@ -135,6 +138,8 @@ def softmax_weights(x: torch.Tensor, indptr: np.ndarray, indices: np.ndarray,
         todo = ~found
     dots[todo] = _pair_dots(x, rows[todo], indices[todo])
     logits = -(2.0 - 2.0 * dots.astype(np.float64))
+    if row_scale is not None:
+        logits /= np.repeat(np.asarray(row_scale, dtype=np.float64), lens)
     nonempty = lens > 0
     starts = indptr[:-1][nonempty]
     row_max = np.zeros(n)
@@ -234,10 +239,15 @@ def _min_sums(v: sp.csr_matrix, workers: int = 1):
 
 def jaccard_entries(features: ArrayLike, k1: int = 30, k2: int = 6, modality: Optional[ArrayLike] = None,
                     knn: str = "torch", device: Optional[Union[str, torch.device]] = None,
-                    max_dist: float = 1.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                    max_dist: float = 1.0, neighbours: Optional[int] = None,
+                    row_scale: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """All entries of the Jaccard distance with d_ij < 1 and d_ij <= max_dist, both triangles.
 
     Returns (rows int64, cols int64, d float32, N). Missing pairs have d = 1. See compute_jaccard_distance.
+    Two options serve the test-time re-ranking of :mod:`clustering.rerank` (defaults: the clustering form):
+    ``neighbours`` is the width of the neighbour table T (default k1, the cluster-contrast convention
+    where the k1 nearest include the sample itself; Zhong et al.'s re-ranking uses k1 + 1), and
+    ``row_scale`` (N,) divides the distances of row i in the softmax weights (see softmax_weights).
     """
     x = as_float_tensor(features, device)
     n = x.shape[0]
@@ -246,11 +256,12 @@ def jaccard_entries(features: ArrayLike, k1: int = 30, k2: int = 6, modality: Op
     k2 = min(int(k2), k1)
     if k1 < 1 or k2 < 1:
         raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
-    table, _, dots = knn_table(x, k1, knn)
+    width = k1 if neighbours is None else min(int(neighbours), n)
+    table, _, dots = knn_table(x, width, knn)
     table = table.cpu().numpy()
     dots = None if dots is None else dots.cpu().numpy()
     indptr, idx = expanded_sets(table, k1)
-    v = sp.csr_matrix((softmax_weights(x, indptr, idx, table, dots), idx, indptr), shape=(n, n))
+    v = sp.csr_matrix((softmax_weights(x, indptr, idx, table, dots, row_scale), idx, indptr), shape=(n, n))
     del x, dots
     if k2 != 1:  # the reference skips the expansion for k2 == 1
         v = (expansion_matrix(table, k2, mod) @ v).astype(np.float32)

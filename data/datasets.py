@@ -1,50 +1,79 @@
-"""One entry point for both datasets: training lists and the test protocol's query/gallery splits.
+"""One entry point for every dataset: training lists, the test protocol's query/gallery splits,
+counts and image listings.
 
-Callers pass the dataset name once; everything dataset-specific is dispatched here and in
-:mod:`data.specs`, so pipelines never branch on the name.
+Callers pass the dataset name once; everything dataset-specific is dispatched here (through
+:data:`READERS`, keyed like :data:`data.specs.SPECS`) and described in :mod:`data.specs`, so
+pipelines never branch on the name.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import regdb, sysu
-from .sample import DataError, Sample, paths_of
+from . import llcm, regdb, sysu
+from .sample import DataError, Sample, TestSplit
+from .specs import SPECS, DatasetSpec, resolve_directions
 
-DATASETS = ("sysu", "regdb")
-MODES = ("all", "indoor")
-SHOTS = (1, 10)
-DIRECTIONS = ("visible2thermal", "thermal2visible")
+__all__ = ["DATASETS", "READERS", "TestSplit", "check_trial", "trial_numbers", "check_root", "load_train",
+           "load_protocols", "load_test_splits", "dataset_counts", "image_paths"]
+
+DATASETS = tuple(SPECS)
 
 
-@dataclass
-class TestSplit:
-    """One evaluation of the protocol: rank ``gallery`` for every image of ``query``.
+@dataclass(frozen=True)
+class Reader:
+    """The functions that read one dataset's raw layout.
 
     Attributes:
-        name: ``"trial0"``..``"trial9"`` (SYSU gallery samplings) or the RegDB direction.
-        query, gallery: the two image lists.
+        check_root: root -> absolute root, or DataError naming what is missing.
+        check_trial: --trial value -> int (datasets with trials) or None.
+        train: (root, trial) -> (rgb, ir) training Samples.
+        protocols: (root, trial, modes, shot, gallery_trials, [(direction index, name)]) ->
+            {protocol name: [TestSplit, ...]}.
+        counts: (root, trial) -> {count name: value} (scripts/inspect_dataset.py).
+        image_paths: (root, trial or "all") -> every image path the readers can return.
+        trials: the training splits a run can name with --trial (RegDB 1..10; empty: one split).
     """
 
-    __test__ = False  # not a pytest test class despite the name
+    check_root: Callable[[str], str]
+    check_trial: Callable[[object], Optional[int]]
+    train: Callable[..., Tuple[List[Sample], List[Sample]]]
+    protocols: Callable[..., Dict[str, List[TestSplit]]]
+    counts: Callable[..., Dict[str, int]]
+    image_paths: Callable[..., List[str]]
+    trials: Tuple[int, ...] = ()
 
-    name: str
-    query: List[Sample]
-    gallery: List[Sample]
+
+def _no_trial(trial) -> None:
+    """Datasets with one split ignore --trial."""
+    return None
 
 
-def _check_dataset(dataset: str) -> None:
-    if dataset not in DATASETS:
+READERS: Dict[str, Reader] = {
+    "sysu": Reader(sysu.check_sysu_root, _no_trial, lambda root, trial: sysu.sysu_train(root),
+                   sysu.sysu_protocols, sysu.sysu_counts, sysu.sysu_image_paths),
+    "regdb": Reader(regdb.check_regdb_root, regdb.check_regdb_trial,
+                    lambda root, trial: regdb.regdb_split(root, regdb.check_regdb_trial(trial), "train"),
+                    regdb.regdb_protocols, regdb.regdb_counts, regdb.regdb_image_paths, regdb.TRIALS),
+    "llcm": Reader(llcm.check_llcm_root, _no_trial, llcm.llcm_train, llcm.llcm_protocols, llcm.llcm_counts,
+                   llcm.llcm_image_paths),
+}
+
+
+def _spec_and_reader(dataset: str) -> Tuple[DatasetSpec, Reader]:
+    if dataset not in SPECS:
         raise DataError(f"--dataset must be one of {DATASETS}, got {dataset!r}")
+    return SPECS[dataset], READERS[dataset]
 
 
 def check_trial(dataset: str, trial) -> Optional[int]:
-    """Validate ``--trial``: RegDB needs 1..10 (returned as int); SYSU has no trials (returns None)."""
-    _check_dataset(dataset)
-    if dataset == "regdb":
-        return regdb.check_regdb_trial(trial)
-    return None
+    """Validate ``--trial``: RegDB needs 1..10 (returned as int); SYSU and LLCM have no trials (None)."""
+    return _spec_and_reader(dataset)[1].check_trial(trial)
+
+
+def trial_numbers(dataset: str) -> Tuple[int, ...]:
+    """Every value of --trial for ``dataset`` (what ``--trial all`` stands for); empty without trials."""
+    return _spec_and_reader(dataset)[1].trials
 
 
 def check_root(dataset: str, root: str) -> str:
@@ -53,54 +82,68 @@ def check_root(dataset: str, root: str) -> str:
     Raises:
         DataError: e.g. "expected cam1..cam6 and exp/ under ...; see README 'Preparing data'".
     """
-    _check_dataset(dataset)
-    if dataset == "sysu":
-        return sysu.check_sysu_root(root)
-    return regdb.check_regdb_root(root)
+    return _spec_and_reader(dataset)[1].check_root(root)
 
 
 def load_train(dataset: str, root: str, trial=None) -> Tuple[List[Sample], List[Sample]]:
-    """Training images as (rgb, ir) Sample lists (SYSU train ∪ val; RegDB ``train_*_{trial}``)."""
-    check_root(dataset, root)
-    if dataset == "sysu":
-        return sysu.sysu_train(root)
-    return regdb.regdb_split(root, check_trial(dataset, trial), "train")
+    """Training images as (rgb, ir) Sample lists (SYSU train ∪ val; RegDB ``train_*_{trial}``; LLCM
+    ``idx/train_{vis,nir}.txt``)."""
+    reader = _spec_and_reader(dataset)[1]
+    root = reader.check_root(root)
+    return reader.train(root, check_trial(dataset, trial))
+
+
+def load_protocols(dataset: str, root: str, trial=None, modes: Sequence[str] = ("all",), shot: int = 1,
+                   gallery_trials: Optional[int] = None,
+                   directions: Optional[Sequence[str]] = None) -> Dict[str, List[TestSplit]]:
+    """The evaluation protocols (method.md H.2, H.3; dataset_layouts.md section 4) as
+    ``{protocol name: [TestSplit, ...]}``; a protocol's metrics are the mean over its splits.
+
+    SYSU: one protocol per mode (``all-search``/``indoor-search``) with ``gallery_trials`` random
+    galleries each. RegDB: one protocol per direction of trial ``trial``, one split each. LLCM: one
+    protocol per direction (``visible2infrared``, ``infrared2visible``) with ``gallery_trials`` random
+    galleries each.
+
+    Args:
+        modes: search modes (must be among the spec's ``eval_modes``).
+        shot: gallery images per (identity, camera) (among the spec's ``shots``).
+        gallery_trials: random gallery samplings (default: the spec's; ignored without sampling).
+        directions: direction names (the spec's own or the generic ``visible2thermal``/``thermal2visible``);
+            default every direction of the dataset; ignored for SYSU.
+
+    Raises:
+        DataError: a mode, shot, gallery count or direction the dataset does not have, or a broken layout.
+    """
+    spec, reader = _spec_and_reader(dataset)
+    root = reader.check_root(root)
+    for mode in modes:
+        if mode not in spec.eval_modes:
+            raise DataError(f"--mode {mode} is not a {spec.display_name} search mode; it has {list(spec.eval_modes)}")
+    if shot not in spec.shots:
+        raise DataError(f"--shot must be one of {spec.shots} for {spec.display_name}, got {shot!r}")
+    trials = spec.gallery_trials if gallery_trials is None else int(gallery_trials)
+    if trials < 1:
+        raise DataError(f"the number of gallery trials must be at least 1, got {gallery_trials}")
+    chosen = [(i, spec.directions[i]) for i in resolve_directions(spec, directions)] if spec.directions else []
+    return reader.protocols(root, trial, tuple(modes), shot, trials, chosen)
 
 
 def load_test_splits(dataset: str, root: str, trial=None, mode: str = "all", shot: int = 1,
-                     gallery_trials: int = 10,
-                     directions: Sequence[str] = DIRECTIONS) -> List[TestSplit]:
-    """The query/gallery splits of the evaluation protocol (method.md H.2, H.3).
+                     gallery_trials: Optional[int] = 10,
+                     directions: Optional[Sequence[str]] = None) -> List[TestSplit]:
+    """The splits of :func:`load_protocols` for one ``mode``, as one list in protocol order.
 
-    SYSU: ``gallery_trials`` splits ``trial0``.. sharing one query list (IR of the test ids) with a
-    gallery drawn by :func:`data.sysu.sysu_gallery` for seeds 0, 1, ...; ``trial`` and ``directions``
-    are ignored (SYSU is searched IR -> RGB only).
-    RegDB: one split per requested direction of ``idx/test_*_{trial}.txt``:
-    ``visible2thermal`` (query rgb, gallery ir) and ``thermal2visible`` (query ir, gallery rgb);
-    RegDB has no gallery sampling, so ``mode`` must be "all" and ``shot`` 1, and ``gallery_trials``
-    is ignored.
+    SYSU: ``trial0``.. sharing one query list; RegDB: one split per direction, named after it;
+    LLCM: ``trial0``.. of each direction in turn (so names repeat across directions).
     """
-    check_root(dataset, root)
-    if mode not in MODES:
-        raise DataError(f"--mode must be one of {MODES}, got {mode!r}")
-    if shot not in SHOTS:
-        raise DataError(f"--shot must be one of {SHOTS} (single-shot or multi-shot), got {shot!r}")
-    if dataset == "sysu":
-        if int(gallery_trials) < 1:
-            raise DataError(f"the number of gallery trials must be at least 1, got {gallery_trials}")
-        query = sysu.sysu_query(root)
-        return [TestSplit(f"trial{s}", query, sysu.sysu_gallery(root, mode, shot, s))
-                for s in range(int(gallery_trials))]
-    if mode != "all":
-        raise DataError(f"--mode {mode} applies to SYSU-MM01 only; RegDB has one search mode ('all')")
-    if shot != 1:
-        raise DataError(f"--shot {shot} applies to SYSU-MM01 only; RegDB galleries are not sampled")
-    bad = [d for d in directions if d not in DIRECTIONS]
-    if bad or not directions:
-        raise DataError(f"RegDB search directions must be among {DIRECTIONS}, got {list(directions)}")
-    rgb, ir = regdb.regdb_split(root, check_trial(dataset, trial), "test")
-    pairs = {"visible2thermal": (rgb, ir), "thermal2visible": (ir, rgb)}
-    return [TestSplit(d, *pairs[d]) for d in directions]
+    protocols = load_protocols(dataset, root, trial, (mode,), shot, gallery_trials, directions)
+    return [split for splits in protocols.values() for split in splits]
+
+
+def dataset_counts(dataset: str, root: str, trial=None) -> Dict[str, int]:
+    """Image and identity counts of the layout at ``root`` (every reader runs, so a broken layout raises)."""
+    spec, reader = _spec_and_reader(dataset)
+    return reader.counts(reader.check_root(root), check_trial(dataset, trial))
 
 
 def image_paths(dataset: str, root: str, trial="all") -> List[str]:
@@ -109,23 +152,7 @@ def image_paths(dataset: str, root: str, trial="all") -> List[str]:
     SYSU: train ∪ val (rgb, ir), the query set and every gallery candidate of the test ids.
     RegDB: the train and test lists of ``trial`` (1..10), or with ``"all"`` of every trial whose
     ``idx/train_visible_<t>.txt`` exists (a partial copy of RegDB can still be checked or cached).
+    LLCM: both training lists and every test image of the test ids.
     """
-    root = check_root(dataset, root)
-    if dataset == "sysu":
-        rgb, ir = sysu.sysu_train(root)
-        gallery = [s for group in sysu.sysu_gallery_candidates(root, "all") for s in group]
-        paths = paths_of(rgb) + paths_of(ir) + paths_of(sysu.sysu_query(root)) + paths_of(gallery)
-        return list(dict.fromkeys(paths))
-    if trial == "all":
-        trials = [t for t in regdb.TRIALS
-                  if os.path.isfile(os.path.join(root, "idx", f"train_visible_{t}.txt"))]
-        if not trials:
-            raise DataError(f"no idx/train_visible_<t>.txt under {root}; is --data-dir the RegDB root?")
-    else:
-        trials = [regdb.check_regdb_trial(trial)]
-    paths = []
-    for t in trials:
-        for split in regdb.SPLITS:
-            rgb, ir = regdb.regdb_split(root, t, split)
-            paths += paths_of(rgb) + paths_of(ir)
-    return list(dict.fromkeys(paths))
+    reader = _spec_and_reader(dataset)[1]
+    return reader.image_paths(reader.check_root(root), trial)

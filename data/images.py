@@ -32,11 +32,17 @@ def load_image(path: str) -> Image.Image:
         raise DataError(f"image {path} does not exist; {CHECK_HINT}")
     if os.path.getsize(path) == 0:
         raise DataError(f"image {path} is an empty (zero-byte) file; {CHECK_HINT}")
+    img = None
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now so a truncated file fails here, not in a worker later
-            return img.convert("RGB")
+        img = Image.open(path)
+        # Decode now, so a truncated file fails here and not in a worker later. For single-frame files
+        # (JPEG, BMP) load() also closes the file (Pillow's documented file handling), so an image that
+        # is already RGB is returned as it is: convert() would only make a full copy.
+        img.load()
+        return img if img.mode == "RGB" else img.convert("RGB")
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        if img is not None:
+            img.close()
         raise DataError(f"image {path} cannot be decoded ({err}); {CHECK_HINT}") from None
 
 
@@ -182,7 +188,8 @@ class ImageDataset(torch.utils.data.Dataset):
     """Images of a Sample list, resized once with a named filter, then passed to ``transform``.
 
     ``__getitem__(i)`` returns ``(img, label, cam, i)``: ``img = transform(PIL image (h, w))`` (a
-    tensor or a tuple of tensors, or the PIL image when ``transform`` is None), ``label`` =
+    tensor or a tuple of tensors, or the PIL image when ``transform`` is None; a transform with a true
+    ``accepts_uint8`` attribute gets the uint8 (h, w, 3) array instead), ``label`` =
     ``labels[i]`` if labels are given (pseudo-labels) else the ground-truth pid, ``cam`` the camera.
     """
 
@@ -212,9 +219,13 @@ class ImageDataset(torch.utils.data.Dataset):
         return arr
 
     def __getitem__(self, i: int):
-        img = Image.fromarray(self.array(i))
-        if self.transform is not None:
-            img = self.transform(img)
+        img = self.array(i)
+        if getattr(self.transform, "accepts_uint8", False):
+            img = self.transform(img)  # the project's transforms take the uint8 array: no PIL round trip
+        else:
+            img = Image.fromarray(img)
+            if self.transform is not None:
+                img = self.transform(img)
         sample = self.samples[i]
         label = self.labels[i] if self.labels is not None else sample.pid
         return img, int(label), int(sample.cam), int(i)
@@ -230,6 +241,11 @@ class PairedDataset(torch.utils.data.Dataset):
     def __init__(self, rgb: ImageDataset, ir: ImageDataset):
         self.rgb = rgb
         self.ir = ir
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("feed", None)  # a DataLoader the training loop keeps here (utils.mmm_steps.loader) stays home
+        return state
 
     def __len__(self) -> int:
         return max(len(self.rgb), len(self.ir))

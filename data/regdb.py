@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import numbers
 import os
-from typing import List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
-from .sample import IR, RGB, DataError, Sample
+from .sample import IR, LAYOUT_HINT, RGB, DataError, Sample, TestSplit, check_folders, paths_of, pids_of
 
 TRIALS = tuple(range(1, 11))
 SPLITS = ("train", "test")
 RGB_CAM = 1   # visible camera
 IR_CAM = 2    # thermal camera
-LAYOUT_HINT = "see README 'Preparing data'"
 
 
 def check_regdb_trial(trial) -> int:
@@ -38,27 +37,22 @@ def check_regdb_trial(trial) -> int:
 
 def check_regdb_root(root: str) -> str:
     """Check that ``root`` exists and has ``idx/``; return it as an absolute path."""
-    if not os.path.isdir(root):
-        raise DataError(f"--data-dir {root} does not exist; expected Visible/, Thermal/ and idx/ under it "
-                        f"({LAYOUT_HINT})")
-    root = os.path.abspath(root)
-    if not os.path.isdir(os.path.join(root, "idx")):
-        raise DataError(f"{os.path.join(root, 'idx')} is missing; expected Visible/, Thermal/ and idx/ "
-                        f"(train_visible_1.txt ...) under {root} ({LAYOUT_HINT})")
-    return root
+    return check_folders(root, ("idx",), "Visible/, Thermal/ and idx/ (train_visible_1.txt ...)")
 
 
-def read_idx(path: str) -> List[Tuple[str, int]]:
-    """Parse one idx list into (relative path, label) pairs, in file order.
+def read_idx(path: str, missing_hint: str = "expected idx/{train,test}_{visible,thermal}_{1..10}.txt",
+             what: str = "RegDB") -> List[Tuple[str, int]]:
+    """Parse one idx list (``RELPATH LABEL`` a line; RegDB and LLCM) into (relative path, label) pairs,
+    in file order.
 
-    Blank lines and Windows line ends are tolerated.
+    Blank lines and Windows line ends are tolerated. ``missing_hint`` and ``what`` (the dataset's name)
+    go into the error for a missing file.
 
     Raises:
         DataError: missing file, or a malformed line (reported as ``file:line``).
     """
     if not os.path.isfile(path):
-        raise DataError(f"missing RegDB index file {path}; expected idx/{{train,test}}_{{visible,thermal}}"
-                        f"_{{1..10}}.txt ({LAYOUT_HINT})")
+        raise DataError(f"missing {what} index file {path}; {missing_hint} ({LAYOUT_HINT})")
     entries = []
     with open(path, "r", encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -72,7 +66,7 @@ def read_idx(path: str) -> List[Tuple[str, int]]:
                                 f"got {line!r}")
             entries.append((parts[0], int(parts[1])))
     if not entries:
-        raise DataError(f"RegDB index file {path} lists no images")
+        raise DataError(f"{what} index file {path} lists no images")
     return entries
 
 
@@ -107,3 +101,46 @@ def regdb_split(root: str, trial: int, split: str) -> Tuple[List[Sample], List[S
     rgb = _read_list(root, split, "visible", trial, RGB_CAM, RGB)
     ir = _read_list(root, split, "thermal", trial, IR_CAM, IR)
     return rgb, ir
+
+
+def regdb_protocols(root: str, trial, modes, shot, gallery_trials,
+                    directions: Sequence[Tuple[int, str]]) -> Dict[str, List[TestSplit]]:
+    """The test protocol of one trial (method.md H.3): one split per requested direction.
+
+    ``directions``: (index, name) pairs, index 0 = visible queries against the thermal gallery,
+    1 = the reverse; the split and the protocol are both called ``name``. RegDB galleries are the whole
+    ``idx/test_*_{trial}.txt`` lists (no sampling), so ``modes``, ``shot`` and ``gallery_trials`` do not
+    apply (the caller has checked them).
+    """
+    rgb, ir = regdb_split(root, check_regdb_trial(trial), "test")
+    pairs = ((rgb, ir), (ir, rgb))
+    return {name: [TestSplit(name, *pairs[index])] for index, name in directions}
+
+
+def regdb_counts(root: str, trial) -> Dict[str, int]:
+    """Image and id counts of one RegDB trial."""
+    train_rgb, train_ir = regdb_split(root, trial, "train")
+    test_rgb, test_ir = regdb_split(root, trial, "test")
+
+    def n_ids(*lists):
+        return len(set().union(*(set(pids_of(x).tolist()) for x in lists)))
+    return {"train_rgb_images": len(train_rgb), "train_ir_images": len(train_ir),
+            "test_rgb_images": len(test_rgb), "test_ir_images": len(test_ir),
+            "train_ids": n_ids(train_rgb, train_ir), "test_ids": n_ids(test_rgb, test_ir)}
+
+
+def regdb_image_paths(root: str, trial="all") -> List[str]:
+    """The images of the train and test lists of ``trial`` (1..10), or with ``"all"`` of every trial
+    whose ``idx/train_visible_<t>.txt`` exists (a partial copy of RegDB can still be checked or cached)."""
+    if trial == "all":
+        trials = [t for t in TRIALS if os.path.isfile(os.path.join(root, "idx", f"train_visible_{t}.txt"))]
+        if not trials:
+            raise DataError(f"no idx/train_visible_<t>.txt under {root}; is --data-dir the RegDB root?")
+    else:
+        trials = [check_regdb_trial(trial)]
+    paths: List[str] = []
+    for t in trials:
+        for split in SPLITS:
+            rgb, ir = regdb_split(root, t, split)
+            paths += paths_of(rgb) + paths_of(ir)
+    return list(dict.fromkeys(paths))

@@ -1,4 +1,4 @@
-"""The one sample model shared by SYSU-MM01 and RegDB.
+"""The one sample model shared by SYSU-MM01, RegDB and LLCM.
 
 Every image the project touches is a :class:`Sample`: where it is, which modality and camera took
 it, and its ground-truth identity. Ground truth is only used for evaluation and for optional
@@ -7,6 +7,7 @@ diagnostics (ARI); training always uses pseudo-labels, which are attached by ima
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import List, Sequence
 
@@ -24,14 +25,37 @@ class DataError(Exception):
     """
 
 
+LAYOUT_HINT = "see README 'Preparing data'"
+
+
+def check_folders(root: str, names: Sequence[str], expected: str) -> str:
+    """Check that the dataset root ``root`` exists and holds the folders ``names``; return it absolute.
+
+    Args:
+        expected: what belongs under the root, for the message (e.g. ``"cam1..cam6 and exp/"``).
+
+    Raises:
+        DataError: naming the missing root or folder.
+    """
+    if not os.path.isdir(root):
+        raise DataError(f"--data-dir {root} does not exist; expected {expected} under it ({LAYOUT_HINT})")
+    root = os.path.abspath(root)
+    for name in names:
+        if not os.path.isdir(os.path.join(root, name)):
+            raise DataError(f"{os.path.join(root, name)} is missing; expected {expected} under {root} "
+                            f"({LAYOUT_HINT})")
+    return root
+
+
 @dataclass(frozen=True)
 class Sample:
     """One image.
 
     Attributes:
         path: absolute path of the image file on disk (the key that pseudo-labels are attached by).
-        pid: ground-truth person id as the dataset names it (SYSU folder id, RegDB idx label).
-        cam: camera id (SYSU 1..6; RegDB 1 = visible, 2 = thermal).
+        pid: ground-truth person id as the dataset names it (SYSU folder id, RegDB idx label, LLCM
+            training label column / test identity folder).
+        cam: camera id (SYSU 1..6; RegDB 1 = visible, 2 = thermal; LLCM 1..9, shared by both modes).
         modality: ``"rgb"`` or ``"ir"``.
     """
 
@@ -43,6 +67,22 @@ class Sample:
     def __post_init__(self):
         if self.modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+
+
+@dataclass
+class TestSplit:
+    """One evaluation of a test protocol: rank ``gallery`` for every image of ``query``.
+
+    Attributes:
+        name: ``"trial0"``..``"trial9"`` (random gallery samplings) or the RegDB direction.
+        query, gallery: the two image lists.
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    name: str
+    query: List[Sample]
+    gallery: List[Sample]
 
 
 def paths_of(samples: Sequence[Sample]) -> List[str]:

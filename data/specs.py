@@ -1,12 +1,22 @@
-"""Every difference between SYSU-MM01 and RegDB, written once.
+"""Every difference between SYSU-MM01, RegDB and LLCM, written once.
 
-Entry scripts and pipelines never branch on the dataset name; they read a :class:`DatasetSpec`.
-Values are the released code's (method.md D.1, H).
+Entry scripts and pipelines never branch on the dataset name; they read a :class:`DatasetSpec`
+(and :mod:`data.datasets` dispatches the readers). SYSU-MM01 and RegDB values are the released
+code's (method.md D.1, H); LLCM keeps SYSU's settings except the Jaccard k1 = 25, as the
+unsupervised codes that support it do (dataset_layouts.md section 4).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
+
+# Gallery removal rules of the evaluation (implemented in utils.metrics):
+REMOVE_NONE = "none"                       # RegDB: nothing is removed
+REMOVE_SYSU_SAME_ROOM = "sysu_same_room"   # SYSU: a camera-3 query never sees camera 2 (same room)
+REMOVE_SAME_ID_SAME_CAM = "same_id_same_camera"  # LLCM: drop the query's identity in the query's camera
+# Generic names of the two search directions, as the training stages request them for any dataset:
+# visible (rgb) queries against an infrared gallery, and the reverse. A spec names them its own way.
+RGB_TO_IR, IR_TO_RGB = "visible2thermal", "thermal2visible"
 
 
 @dataclass(frozen=True)
@@ -14,17 +24,25 @@ class DatasetSpec:
     """Per-dataset constants.
 
     Attributes:
-        name: ``"sysu"`` or ``"regdb"``.
+        name: the key in :data:`SPECS` (``"sysu"``, ``"regdb"``, ``"llcm"``).
+        display_name: how people write it (``"SYSU-MM01"``, ``"RegDB"``, ``"LLCM"``).
         eps: DBSCAN radius on the Jaccard distance (method.md D.1).
         k1, k2: intra-modality Jaccard parameters.
         k1_joint, k2_joint: modality-balanced Jaccard parameters of the joint phase (D.3).
         iters: stage-1 iterations per epoch (released README).
         has_trials: RegDB needs ``--trial 1..10`` (one training run per split).
-        eval_modes: SYSU search modes; RegDB has none.
-        gallery_trials: number of random gallery samplings in the test protocol (SYSU 10, RegDB 1).
+        eval_modes: search modes (SYSU all/indoor; the others only "all").
+        shots: allowed gallery images per (identity, camera): SYSU (1, 10), the others (1,).
+        gallery_trials: random gallery samplings of the test protocol (SYSU 10, RegDB 1 = none, LLCM 10).
+        directions: result names of the (visible -> infrared, infrared -> visible) searches; empty for
+            SYSU, which is searched infrared -> visible only and names its results by mode.
+        removal: gallery removal rule of the metric (one of the REMOVE_* constants).
+        distinct_cmc: CMC over the distinct-identity ranked list (SYSU, LLCM) or the plain one (RegDB).
+        real_counts: (name, count) pairs of the real dataset, for ``scripts/inspect_dataset.py``.
     """
 
     name: str
+    display_name: str
     eps: float
     k1: int
     k2: int
@@ -33,22 +51,85 @@ class DatasetSpec:
     iters: int
     has_trials: bool
     eval_modes: Tuple[str, ...]
+    shots: Tuple[int, ...]
     gallery_trials: int
+    directions: Tuple[str, ...]
+    removal: str
+    distinct_cmc: bool
+    real_counts: Tuple[Tuple[str, int], ...]
+
+    @property
+    def uses_cameras(self) -> bool:
+        """Whether the metric needs camera ids (every rule except "none")."""
+        return self.removal != REMOVE_NONE
+
+    def result_name(self, mode: str, trial: Optional[int]) -> str:
+        """Base name of test.py's result files: ``test_sysu_all``, ``test_regdb_trial1``, ``test_llcm``."""
+        parts = [f"test_{self.name}"]
+        if len(self.eval_modes) > 1:
+            parts.append(mode)
+        if self.has_trials:
+            parts.append(f"trial{trial}")
+        return "_".join(parts)
 
 
 SPECS = {
-    "sysu": DatasetSpec(name="sysu", eps=0.6, k1=30, k2=6, k1_joint=40, k2_joint=32, iters=200,
-                        has_trials=False, eval_modes=("all", "indoor"), gallery_trials=10),
-    "regdb": DatasetSpec(name="regdb", eps=0.3, k1=30, k2=6, k1_joint=38, k2_joint=18, iters=100,
-                         has_trials=True, eval_modes=("all",), gallery_trials=1),
+    "sysu": DatasetSpec(
+        name="sysu", display_name="SYSU-MM01", eps=0.6, k1=30, k2=6, k1_joint=40, k2_joint=32, iters=200,
+        has_trials=False, eval_modes=("all", "indoor"), shots=(1, 10), gallery_trials=10, directions=(),
+        removal=REMOVE_SYSU_SAME_ROOM, distinct_cmc=True,
+        real_counts=(("train_rgb_images", 22258), ("train_ir_images", 11909), ("train_ids", 395),
+                     ("query_images", 3803), ("gallery_images_all", 301), ("gallery_images_indoor", 112))),
+    "regdb": DatasetSpec(
+        name="regdb", display_name="RegDB", eps=0.3, k1=30, k2=6, k1_joint=38, k2_joint=18, iters=100,
+        has_trials=True, eval_modes=("all",), shots=(1,), gallery_trials=1,
+        directions=("visible2thermal", "thermal2visible"), removal=REMOVE_NONE, distinct_cmc=False,
+        real_counts=(("train_rgb_images", 2060), ("train_ir_images", 2060), ("test_rgb_images", 2060),
+                     ("test_ir_images", 2060), ("train_ids", 206), ("test_ids", 206))),
+    "llcm": DatasetSpec(
+        name="llcm", display_name="LLCM", eps=0.6, k1=25, k2=6, k1_joint=40, k2_joint=32, iters=200,
+        has_trials=False, eval_modes=("all",), shots=(1,), gallery_trials=10,
+        directions=("visible2infrared", "infrared2visible"), removal=REMOVE_SAME_ID_SAME_CAM,
+        distinct_cmc=True,
+        # dataset_layouts.md section 4; the query and gallery sizes are not stated by any source
+        real_counts=(("train_rgb_images", 16946), ("train_ir_images", 13975), ("train_ids", 713),
+                     ("test_ids", 351))),
 }
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """The :class:`DatasetSpec` for ``name`` (``"sysu"`` or ``"regdb"``)."""
+    """The :class:`DatasetSpec` for ``name`` (a key of :data:`SPECS`)."""
     from .sample import DataError
 
     try:
         return SPECS[name]
     except KeyError:
         raise DataError(f"--dataset must be one of {sorted(SPECS)}, got {name!r}") from None
+
+
+def resolve_directions(spec: DatasetSpec, requested) -> Tuple[int, ...]:
+    """Indices (0 = visible -> infrared, 1 = infrared -> visible) of the requested searches.
+
+    ``requested``: None (every direction of the dataset) or names, each either the spec's own
+    (``visible2infrared`` for LLCM) or a generic one (``visible2thermal``/``thermal2visible``, what the
+    training stages ask for on any dataset).
+
+    Raises:
+        DataError: an unknown name, or no name at all.
+    """
+    from .sample import DataError
+
+    if requested is None:
+        return tuple(range(len(spec.directions)))
+    out = []
+    for name in requested:
+        if name in spec.directions:
+            out.append(spec.directions.index(name))
+        elif name in (RGB_TO_IR, IR_TO_RGB):
+            out.append((RGB_TO_IR, IR_TO_RGB).index(name))
+        else:
+            raise DataError(f"{spec.display_name} search directions must be among {spec.directions}, "
+                            f"got {list(requested)}")
+    if not out:
+        raise DataError(f"{spec.display_name} search directions must be among {spec.directions}, got none")
+    return tuple(dict.fromkeys(out))

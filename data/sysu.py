@@ -10,7 +10,7 @@ import os
 import random
 from typing import Dict, Iterable, List, Sequence, Tuple
 
-from .sample import IR, RGB, DataError, Sample
+from .sample import IR, LAYOUT_HINT, RGB, DataError, Sample, TestSplit, check_folders, paths_of, pids_of
 
 RGB_CAMS = (1, 2, 4, 5)
 IR_CAMS = (3, 6)
@@ -18,20 +18,21 @@ INDOOR_RGB_CAMS = (1, 2)
 ALL_CAMS = (1, 2, 3, 4, 5, 6)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 GALLERY_CAMS = {"all": RGB_CAMS, "indoor": INDOOR_RGB_CAMS}
-LAYOUT_HINT = "see README 'Preparing data'"
 
 
-def read_ids(path: str) -> List[int]:
-    """Read an ``exp/*_id.txt`` file: the ids are on the first line, comma separated (e.g. ``1,2,4``).
+def read_ids(path: str, missing_hint: str = "expected the SYSU-MM01 exp/ folder with train_id.txt, "
+                                           "val_id.txt and test_id.txt") -> List[int]:
+    """Read an id list file (SYSU ``exp/*_id.txt``, LLCM ``idx/test_id.txt``): the ids are on the first
+    line, comma separated (e.g. ``1,2,4``).
 
-    Surrounding whitespace and a trailing comma are tolerated.
+    Surrounding whitespace and a trailing comma are tolerated. ``missing_hint`` says what was expected
+    when the file does not exist.
 
     Raises:
         DataError: the file is missing, empty, or holds something that is not an integer.
     """
     if not os.path.isfile(path):
-        raise DataError(f"missing split file {path}; expected the SYSU-MM01 exp/ folder with "
-                        f"train_id.txt, val_id.txt and test_id.txt ({LAYOUT_HINT})")
+        raise DataError(f"missing split file {path}; {missing_hint} ({LAYOUT_HINT})")
     with open(path, "r", encoding="utf-8") as f:
         lines = f.read().splitlines()
     first = lines[0].strip() if lines else ""
@@ -61,15 +62,7 @@ def check_sysu_root(root: str) -> str:
     Raises:
         DataError: naming the missing folder.
     """
-    if not os.path.isdir(root):
-        raise DataError(f"--data-dir {root} does not exist; expected cam1..cam6 and exp/ under it "
-                        f"({LAYOUT_HINT})")
-    root = os.path.abspath(root)
-    for name in [f"cam{c}" for c in ALL_CAMS] + ["exp"]:
-        if not os.path.isdir(os.path.join(root, name)):
-            raise DataError(f"{os.path.join(root, name)} is missing; expected cam1..cam6 and exp/ under "
-                            f"{root} ({LAYOUT_HINT})")
-    return root
+    return check_folders(root, [f"cam{c}" for c in ALL_CAMS] + ["exp"], "cam1..cam6 and exp/")
 
 
 def _split_ids(root: str, names: Sequence[str]) -> List[Tuple[str, int]]:
@@ -190,3 +183,35 @@ def sysu_gallery(root: str, mode: str = "all", shot: int = 1, trial: int = 0) ->
         else:
             out.extend(rng.sample(group, min(shot, len(group))))
     return out
+
+
+def sysu_protocols(root: str, trial, modes: Sequence[str], shot: int, gallery_trials: int,
+                   directions) -> Dict[str, List[TestSplit]]:
+    """The test protocol (method.md H.2): ``{"<mode>-search": [trial0, trial1, ...]}``.
+
+    Every split shares the query list (IR of the test ids); split ``trial<s>`` has the gallery drawn
+    by :func:`sysu_gallery` with seed s. ``trial`` and ``directions`` do not apply (SYSU is searched
+    infrared -> visible only); the caller has validated ``modes``, ``shot`` and ``gallery_trials``.
+    """
+    query = sysu_query(root)
+    return {f"{mode}-search": [TestSplit(f"trial{s}", query, sysu_gallery(root, mode, shot, s))
+                               for s in range(int(gallery_trials))] for mode in modes}
+
+
+def sysu_counts(root: str, trial=None) -> Dict[str, int]:
+    """Image and id counts of a SYSU-MM01 folder (gallery sizes: trial 0, single-shot)."""
+    rgb, ir = sysu_train(root)
+    return {"train_rgb_images": len(rgb), "train_ir_images": len(ir),
+            "train_ids": len(set(pids_of(rgb).tolist()) | set(pids_of(ir).tolist())),
+            "query_images": len(sysu_query(root)),
+            "gallery_images_all": len(sysu_gallery(root, "all", 1, 0)),
+            "gallery_images_indoor": len(sysu_gallery(root, "indoor", 1, 0)),
+            "test_ids": len(sysu_test_ids(root))}
+
+
+def sysu_image_paths(root: str, trial=None) -> List[str]:
+    """Every image the readers can return: train ∪ val, the queries and every gallery candidate."""
+    rgb, ir = sysu_train(root)
+    gallery = [s for group in sysu_gallery_candidates(root, "all") for s in group]
+    paths = paths_of(rgb) + paths_of(ir) + paths_of(sysu_query(root)) + paths_of(gallery)
+    return list(dict.fromkeys(paths))

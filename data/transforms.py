@@ -8,12 +8,21 @@ space.
 
 All randomness comes from torch's global RNG (torchvision's transforms and ``torch.rand``/
 ``torch.randint`` here), so DataLoader worker seeding makes the augmentation reproducible.
+
+Speed: each view is a torchvision ``Compose`` whose step list documents the pipeline, but :class:`FastView`
+runs pad → crop → flip → to-tensor → normalise as one pass over the uint8 array (one crop copy, one flip,
+one float conversion) instead of three PIL round trips and a strided HWC→CHW float copy, drawing the
+same random numbers in the same order: for the same RNG state the output is bit-identical to the plain
+``Compose`` of the same steps (tests/test_transforms.py), about 3× faster. Datasets hand these views the
+uint8 array directly (``accepts_uint8``), skipping the PIL image.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
@@ -41,12 +50,13 @@ class ChannelRandomErasing(T.RandomErasing):
     """
 
     def __init__(self, p: float = 0.5, area: Tuple[float, float] = (0.02, 0.4), min_aspect: float = 0.3,
-                 value: Sequence[float] = ERASE_VALUE, attempts: int = 100):
+                 value: Sequence[float] = ERASE_VALUE, attempts: int = 100, inplace: bool = False):
         if not 0.0 < min_aspect <= 1.0:
             raise ValueError(f"min_aspect must be in (0, 1], got {min_aspect}")
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
-        super().__init__(p=p, scale=tuple(area), ratio=(min_aspect, 1.0 / min_aspect), value=list(value))
+        super().__init__(p=p, scale=tuple(area), ratio=(min_aspect, 1.0 / min_aspect), value=list(value),
+                         inplace=inplace)
         self.attempts = int(attempts)
 
     def get_params(self, img: Tensor, scale: Tuple[float, float], ratio: Tuple[float, float],
@@ -134,11 +144,13 @@ class TwoViews:
     """Apply two transforms to the same image; returns the tuple ``(view_a(img), view_b(img))``.
 
     Used for the two independently augmented RGB views (method.md D.2 steps 6-7, F.2).
+    ``accepts_uint8`` when both views take a uint8 (H, W, 3) array as well as a PIL image.
     """
 
     def __init__(self, view_a: Callable, view_b: Callable):
         self.view_a = view_a
         self.view_b = view_b
+        self.accepts_uint8 = all(getattr(v, "accepts_uint8", False) for v in (view_a, view_b))
 
     def __call__(self, img) -> Tuple[Tensor, Tensor]:
         """Return ``(view_a(img), view_b(img))``; each call draws fresh randomness for both."""
@@ -146,6 +158,89 @@ class TwoViews:
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(\n  view_a={self.view_a},\n  view_b={self.view_b})"
+
+
+def _as_uint8(img) -> np.ndarray:
+    """(H, W, 3) uint8 view of a PIL image or array (no copy for arrays)."""
+    return img if isinstance(img, np.ndarray) else np.asarray(img, dtype=np.uint8)
+
+
+class FastView(T.Compose):
+    """A training or test view whose step list is a plain torchvision pipeline, run fused on uint8.
+
+    ``transforms`` must start with ``[Pad, RandomCrop, RandomHorizontalFlip, ToTensor, Normalize]``
+    (training) or ``[ToTensor, Normalize]`` (test); later steps act on the normalised tensor and run as
+    they are. The fused pass crops the zero-padded window straight out of the (H, W, 3) uint8 array,
+    flips it, and converts once: ``(u8 / 255 - mean) / std`` in float32, the operations ToTensor and
+    Normalize perform, so values are bit-identical. Random numbers are drawn exactly as torchvision draws
+    them (crop row, crop column — none when the padded image equals the crop —, then the flip), so
+    ``T.Compose(view.transforms)(img)`` and ``view(img)`` agree for the same RNG state. Settings the
+    fused pass does not cover (non-zero fill, other padding modes, pad_if_needed) take the plain path.
+    Input: PIL image or uint8 (H, W, 3) array; output: float32 (3, h, w).
+    """
+
+    accepts_uint8 = True
+
+    def _geometry(self):
+        """(pad, crop (h, w), flip p, steps after Normalize) — pad None for a test view —, or "plain" when
+        the fused pass does not cover the settings."""
+        t = self.transforms
+        if len(t) >= 2 and isinstance(t[0], T.ToTensor) and isinstance(t[1], T.Normalize):
+            return None, None, 0.0, t[2:]
+        if len(t) < 5 or not (isinstance(t[0], T.Pad) and isinstance(t[1], T.RandomCrop)
+                              and isinstance(t[2], T.RandomHorizontalFlip) and isinstance(t[3], T.ToTensor)
+                              and isinstance(t[4], T.Normalize)):
+            raise ValueError("FastView needs [Pad, RandomCrop, RandomHorizontalFlip, ToTensor, Normalize, ...] "
+                             "or [ToTensor, Normalize, ...]")
+        pad, crop = t[0], t[1]
+        if not isinstance(pad.padding, int) or pad.fill != 0 or pad.padding_mode != "constant" \
+                or crop.padding is not None or crop.pad_if_needed:
+            return "plain"
+        return pad.padding, tuple(crop.size), float(t[2].p), t[5:]
+
+    def __call__(self, img):
+        geometry = self._geometry()
+        if geometry == "plain":
+            return super().__call__(img if not isinstance(img, np.ndarray) else Image.fromarray(img))
+        pad, size, flip_p, rest = geometry
+        arr = _as_uint8(img)
+        if arr.ndim != 3 or arr.dtype != np.uint8:  # not an RGB image: torchvision's own handling
+            return super().__call__(img if not isinstance(img, np.ndarray) else Image.fromarray(img))
+        if pad is not None:
+            x = _crop_flip(arr, pad, size, flip_p)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        norm = self.transforms[4 if pad is not None else 1]
+        mean = torch.as_tensor(norm.mean, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.as_tensor(norm.std, dtype=torch.float32).view(-1, 1, 1)
+        x = x.to(torch.float32).div_(255).sub_(mean).div_(std)
+        for step in rest:
+            x = step(x)
+        return x
+
+
+def _crop_flip(arr: np.ndarray, pad: int, size: Tuple[int, int], flip_p: float) -> Tensor:
+    """Zero-pad by ``pad``, random crop ``size`` and horizontal flip with probability ``flip_p``, drawn as
+    T.Pad → T.RandomCrop → T.RandomHorizontalFlip draw them; (H, W, 3) uint8 array → (3, h, w) uint8."""
+    (h, w), (src_h, src_w) = size, arr.shape[:2]
+    hp, wp = src_h + 2 * pad, src_w + 2 * pad
+    if hp < h or wp < w:
+        raise ValueError(f"Required crop size {(h, w)} is larger than input image size {(hp, wp)}")
+    i = j = 0
+    if (hp, wp) != (h, w):  # torchvision draws nothing when the crop is the whole image
+        i = int(torch.randint(0, hp - h + 1, size=(1,)).item())
+        j = int(torch.randint(0, wp - w + 1, size=(1,)).item())
+    top, left = i - pad, j - pad  # window origin in source coordinates (negative = in the padding)
+    out = np.zeros((h, w, arr.shape[2]), dtype=np.uint8)
+    r0, r1 = max(0, top), min(src_h, top + h)
+    c0, c1 = max(0, left), min(src_w, left + w)
+    if r1 > r0 and c1 > c0:
+        out[r0 - top:r1 - top, c0 - left:c1 - left] = arr[r0:r1, c0:c1]
+    # HWC -> CHW in numpy (a fast contiguous copy); the flip in torch (numpy's negative-stride copy is slow).
+    x = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+    if torch.rand(1) < flip_p:
+        x = x.flip(-1)
+    return x
 
 
 def _base_steps(h: int, w: int, pad: int) -> list:
@@ -186,12 +281,14 @@ def build_train_transforms(h: int, w: int, pad: Optional[int] = None) -> Tuple[T
         ChannelAdapGray(0.5).
     """
     pad = scaled_pad(h, w) if pad is None else pad
-    view_a = T.Compose(_base_steps(h, w, pad) + [ChannelRandomErasing(0.5)])
-    view_b = T.Compose(_base_steps(h, w, pad) + [ChannelRandomErasing(0.5), ChannelExchange()])
-    ir = T.Compose(_base_steps(h, w, pad) + [ChannelRandomErasing(0.5), ChannelAdapGray(0.5)])
+    # Erasing may write in place: Normalize (or the fused pass) always hands it a fresh tensor.
+    view_a = FastView(_base_steps(h, w, pad) + [ChannelRandomErasing(0.5, inplace=True)])
+    view_b = FastView(_base_steps(h, w, pad) + [ChannelRandomErasing(0.5, inplace=True), ChannelExchange()])
+    ir = FastView(_base_steps(h, w, pad) + [ChannelRandomErasing(0.5, inplace=True), ChannelAdapGray(0.5)])
     return TwoViews(view_a, view_b), ir
 
 
 def build_test_transform() -> T.Compose:
-    """Test / feature-extraction transform: ToTensor -> ImageNet Normalize (input pre-resized PIL)."""
-    return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    """Test / feature-extraction transform: ToTensor -> ImageNet Normalize (input pre-resized PIL image
+    or uint8 array; a :class:`FastView`, bit-identical to the plain Compose)."""
+    return FastView([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Dict, Mapping, Optional, Tuple
 from urllib.error import URLError
 
@@ -12,7 +11,7 @@ from torchvision.models import resnet as tv_resnet
 from .agw import ARCHS, EmbedNet, EmbedOutput, PretrainedWeightsError, param_groups_stage2
 
 __all__ = ["ARCHS", "EmbedNet", "EmbedOutput", "PretrainedWeightsError", "build_model",
-           "load_backbone_state", "param_groups_stage2"]
+           "input_memory_format", "load_backbone_state", "param_groups_stage2", "to_channels_last"]
 
 # The V1 weights are the original torchvision release (resnet50-19c8e357.pth for resnet50), the file
 # the released MMM code loads.
@@ -49,8 +48,10 @@ def _read_local(path: str) -> Dict[str, torch.Tensor]:
             f"torchvision ResNet .pth file)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise PretrainedWeightsError(f"cannot read pretrained weights {path!r}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - any file can be given; whatever fails to load is reported
+        first = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise PretrainedWeightsError(f"cannot read pretrained weights {path!r} ({first}); give a torchvision "
+                                     "ResNet state dict") from None
     for key in _CHECKPOINT_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -97,3 +98,23 @@ def build_model(arch: str = "resnet50", num_classes: int = 0, pretrained: str = 
     state, source = load_backbone_state(arch, pretrained)
     return EmbedNet(arch=arch, num_classes=num_classes, non_local=non_local,
                     nl_inter_channels=nl_inter_channels, backbone_state=state, source=source)
+
+
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Put every 4-D parameter and buffer of ``model`` in the channels_last (NHWC) memory format, in place.
+
+    Convolutions then run NHWC kernels (tensor cores under autocast) without layout conversions, provided
+    the input batches are channels_last too (see :func:`input_memory_format`). Values are unchanged.
+    """
+    return model.to(memory_format=torch.channels_last)
+
+
+def input_memory_format(model: torch.nn.Module) -> torch.memory_format:
+    """The memory format input batches should have for ``model`` (possibly wrapped in DataParallel/DDP):
+    channels_last when its first convolution weight is stored that way, else contiguous."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            if p.shape[1] > 1 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
+                return torch.channels_last
+            return torch.contiguous_format
+    return torch.contiguous_format

@@ -55,7 +55,7 @@ SMALL = {
     "--workers": 0,             # [2]: on a 2-core CPU decoding 64x32 images in-process is cheaper
 }
 # Stage-1 evaluation runs only at the end of each phase (--eval-step = --epochs); stage 2 evaluates every
-# epoch (1 gallery trial, as released) to pick best.pth.
+# epoch after the first (1 gallery trial, as released) to pick best.pth.
 # --quick (tests, smoke runs) overrides the above: no stage-1 evaluation (--eval-step 0), 4 iterations of
 # 2 pseudo-ids x 4 images (--batch-size 8: the joint step needs 2 cross-modality clusters, not 4, on tiny
 # data), stage 2 is its warm-up epoch only (the GMM epochs cost minutes), and --batch-ids 2 [6]: the
@@ -144,9 +144,10 @@ def read_test(path: str) -> Dict:
 
 
 def read_epochs(metrics_path: str) -> List[Dict]:
-    """The stage-1 per-epoch records reduced to EPOCH_KEYS (epoch 1-based; absent values None)."""
+    """The stage-1 per-epoch records reduced to EPOCH_KEYS (epochs 1-based, as metrics.jsonl has them;
+    absent values None)."""
     rows = [json.loads(line) for line in open(metrics_path) if line.strip()]
-    return [{"phase": r["phase"], "epoch": r["epoch"] + 1, **{k: r.get(k) for k in EPOCH_KEYS}} for r in rows]
+    return [{"phase": r["phase"], "epoch": r["epoch"], **{k: r.get(k) for k in EPOCH_KEYS}} for r in rows]
 
 
 def summarize_run(epochs: List[Dict], test: Dict) -> Dict:

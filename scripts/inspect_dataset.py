@@ -3,6 +3,7 @@
 Examples:
     python scripts/inspect_dataset.py --dataset sysu --data-dir /data/SYSU-MM01
     python scripts/inspect_dataset.py --dataset regdb --data-dir /data/RegDB --trial 3 --json
+    python scripts/inspect_dataset.py --dataset llcm --data-dir /data/LLCM
     python scripts/inspect_dataset.py --dataset sysu --data-dir /data/SYSU-MM01 --check-images
 
 Every reader runs, so a broken layout ends with a one-line error (exit status 2). Counts that differ
@@ -17,18 +18,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data import regdb, sysu  # noqa: E402
-from data.datasets import DATASETS, check_root, check_trial, image_paths  # noqa: E402
-from data.sample import DataError, pids_of  # noqa: E402
+from data.datasets import DATASETS, check_root, check_trial, dataset_counts, image_paths  # noqa: E402
+from data.sample import DataError  # noqa: E402
+from data.specs import SPECS  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 
-REAL_COUNTS = {
-    "sysu": {"train_rgb_images": 22258, "train_ir_images": 11909, "train_ids": 395,
-             "query_images": 3803, "gallery_images_all": 301, "gallery_images_indoor": 112},
-    "regdb": {"train_rgb_images": 2060, "train_ir_images": 2060, "test_rgb_images": 2060,
-              "test_ir_images": 2060, "train_ids": 206, "test_ids": 206},
-}
-DISPLAY_NAMES = {"sysu": "SYSU-MM01", "regdb": "RegDB"}
+# The counts of the real datasets that a source states (data.specs); LLCM's query/gallery sizes are not stated.
+REAL_COUNTS = {name: dict(spec.real_counts) for name, spec in SPECS.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,35 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, choices=DATASETS, help="which dataset layout --data-dir holds")
     p.add_argument("--data-dir", required=True, help="dataset root (SYSU: cam1..cam6 and exp/; RegDB: idx/ "
-                                                     "and the image folders)")
+                                                     "and the image folders; LLCM: idx/, test_vis/, test_nir/ "
+                                                     "and the training folders idx/ names)")
     p.add_argument("--trial", default="1", help="RegDB only: which split 1..10 to inspect (default 1)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object with the counts")
     p.add_argument("--check-images", action="store_true",
                    help="also decode every image (slow) and report the unreadable ones")
     return p
-
-
-def _n_ids(*lists) -> int:
-    return len(set().union(*(set(pids_of(x).tolist()) for x in lists)))
-
-
-def sysu_counts(root: str) -> dict:
-    """Image and id counts of a SYSU-MM01 folder (gallery sizes: trial 0, single-shot)."""
-    rgb, ir = sysu.sysu_train(root)
-    return {"train_rgb_images": len(rgb), "train_ir_images": len(ir), "train_ids": _n_ids(rgb, ir),
-            "query_images": len(sysu.sysu_query(root)),
-            "gallery_images_all": len(sysu.sysu_gallery(root, "all", 1, 0)),
-            "gallery_images_indoor": len(sysu.sysu_gallery(root, "indoor", 1, 0)),
-            "test_ids": len(sysu.sysu_test_ids(root))}
-
-
-def regdb_counts(root: str, trial: int) -> dict:
-    """Image and id counts of one RegDB trial."""
-    train_rgb, train_ir = regdb.regdb_split(root, trial, "train")
-    test_rgb, test_ir = regdb.regdb_split(root, trial, "test")
-    return {"train_rgb_images": len(train_rgb), "train_ir_images": len(train_ir),
-            "test_rgb_images": len(test_rgb), "test_ir_images": len(test_ir),
-            "train_ids": _n_ids(train_rgb, train_ir), "test_ids": _n_ids(test_rgb, test_ir)}
 
 
 def compare_with_real(dataset: str, counts: dict) -> dict:
@@ -90,7 +64,7 @@ def check_images(paths) -> list:
 
 def print_human(dataset: str, root: str, report: dict) -> None:
     """Write the report for a person: counts, comparison with the real dataset, unreadable images."""
-    name = DISPLAY_NAMES[dataset]
+    name = SPECS[dataset].display_name
     trial = f" (trial {report['trial']})" if report.get("trial") else ""
     print(f"{name} layout at {root} is valid{trial}:")
     for key, value in report["counts"].items():
@@ -112,7 +86,7 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     trial = check_trial(args.dataset, args.trial)
     root = check_root(args.dataset, args.data_dir)
-    counts = sysu_counts(root) if args.dataset == "sysu" else regdb_counts(root, trial)
+    counts = dataset_counts(args.dataset, root, trial)
     differences = compare_with_real(args.dataset, counts)
     report = {"dataset": args.dataset, "data_dir": root, "trial": trial, "counts": counts,
               "matches_real_dataset": not differences, "differences": differences}

@@ -25,3 +25,15 @@ def _one_thread():
 def repo_root():
     """Absolute path of the repository root."""
     return ROOT
+
+
+@pytest.fixture(scope="module")
+def tiny_sysu(tmp_path_factory):
+    """Tiny synthetic SYSU-MM01 layout (8 ids), made by scripts/make_synthetic.py once per test module."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("synth") / "sysu"
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_synthetic.py"), "--layout", "sysu",
+                    "--out", str(out), "--ids", "8", "--seed", "5", "--images-per-cam", "2", "3"],
+                   check=True, capture_output=True, cwd=ROOT)
+    return out

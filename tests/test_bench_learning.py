@@ -144,7 +144,9 @@ def test_stage_command_lines_parse(bench, quick, tmp_path):
     spec.loader.exec_module(test_entry)
     parsers = {"baseline_sysu.py": lambda a: parse(baseline_parser("sysu"), a, dataset="sysu"),
                "main.py": lambda a: parse(mmm_parser(), a), "test.py": lambda a: parse(test_entry.build_parser(), a)}
-    args = bench.build_parser().parse_args(["--data-dir", "D", "--pretrained", "w.pth"] + ["--quick"] * quick)
+    weights = tmp_path / "w.pth"  # --pretrained must name an existing file
+    weights.write_bytes(b"")
+    args = bench.build_parser().parse_args(["--data-dir", "D", "--pretrained", str(weights)] + ["--quick"] * quick)
     paths = {"data": "D", "out": str(tmp_path), "stage1": str(tmp_path / "s1"), "stage2": str(tmp_path / "s2")}
     cmds = bench.stage_commands(args, paths, bench.stage_settings(args))
     assert [name for name, _ in cmds] == ["stage1", "stage2", "test_stage1", "test_stage2"]
@@ -152,7 +154,7 @@ def test_stage_command_lines_parse(bench, quick, tmp_path):
         parsed = parsers[argv[0]](argv[1:])
         assert parsed.data_dir == "D" and parsed.img_h == 64 and parsed.img_w == 32
     stage1, stage2 = (parsers[argv[0]](argv[1:]) for _, argv in cmds[:2])
-    assert stage1.pretrained == "w.pth" and stage2.matching == "greedy"  # the released matching rule
+    assert stage1.pretrained == str(weights) and stage2.matching == "greedy"  # the released matching rule
     assert (stage1.epochs, stage1.iters, stage1.eps) == ((1, 4, 0.5) if quick else (4, 60, 0.5))
 
 

@@ -380,8 +380,9 @@ def _main_refusal(case: str, synth: Synth, sysu1: Future, regdb1: Future, out: P
     """main.py on a stage-1 checkpoint/artifact it must refuse."""
     s1, r1 = sysu1.result(), regdb1.result()
     extra: List = []
-    if case == "artifact_other_dataset":    # SYSU run on the RegDB checkpoint (and the artifact next to it)
-        dataset, root, trial, ckpt = "sysu", synth.sysu, None, r1.run_dir / "final.pth"
+    if case == "artifact_other_dataset":    # SYSU run on the SYSU checkpoint with the RegDB artifact
+        dataset, root, trial, ckpt = "sysu", synth.sysu, None, s1.run_dir / "final.pth"
+        extra = ["--baseline-artifact", r1.run_dir / "pseudo_labels.npz"]
     elif case == "artifact_other_trial":    # RegDB trial 2 on the trial-1 run
         dataset, root, trial, ckpt = "regdb", synth.regdb, 2, r1.run_dir / "final.pth"
     elif case == "checkpoint_other_dataset":  # the right SYSU artifact, the RegDB network
@@ -488,9 +489,9 @@ def _check_stage1_resume(s: Stage1, killed_in: str) -> List[Dict]:
     log = (s.run_dir / "log.txt").read_text()
     assert f"resumed {killed_in} phase from" in log and "resuming" in log, log
     for phase, epoch in s.after_kill["records"]:  # epochs finished before the kill are not run again
-        assert f"[{phase} {epoch + 1}/2] lr" not in s.resumed.stdout, s.resumed.stdout[-3000:]
+        assert f"[{phase} {epoch}/2] lr" not in s.resumed.stdout, s.resumed.stdout[-3000:]
     records = metrics_lines(s.run_dir)
-    assert phase_epochs(records) == [("intra", 0), ("intra", 1), ("joint", 0), ("joint", 1)]
+    assert phase_epochs(records) == [("intra", 1), ("intra", 2), ("joint", 1), ("joint", 2)]  # 1-based
     for name in ("final.pth", "pseudo_labels.npz", "pseudo_labels.json", "args.json",
                  "intra/last.pth", "joint/last.pth"):
         assert (s.run_dir / name).is_file(), name
@@ -503,7 +504,7 @@ def _check_stage1_resume(s: Stage1, killed_in: str) -> List[Dict]:
     assert any("loss_rgb" in r and "loss_ir" in r for r in records if r["phase"] == "intra"), \
         "no intra epoch trained (too few clusters?)"
     evaluated = [r for r in records if "eval" in r]
-    assert [(r["phase"], r["epoch"]) for r in evaluated] == [("intra", 1), ("joint", 1)]  # --eval-step 2
+    assert [(r["phase"], r["epoch"]) for r in evaluated] == [("intra", 2), ("joint", 2)]  # --eval-step 2
     for r in evaluated:
         for name, m in r["eval"].items():
             check_metric_dict(m, f"{r['phase']} {r['epoch']} {name}")
@@ -519,7 +520,7 @@ def test_baseline_sysu_resume_after_interruption(e2e):
     assert (final["stage"], final["phase"], final["dataset"], final["trial"], final["arch"]) == \
         ("baseline", "final", "sysu", None, "resnet18")
     last = load_pth(s.run_dir / "joint" / "last.pth")
-    assert last["epoch"] == 1 and last["phase"] == "joint" and last["optimizer"] is not None
+    assert last["epoch"] == 2 and last["phase"] == "joint" and last["optimizer"] is not None
     args = json.loads((s.run_dir / "args.json").read_text())
     assert args["eps"] == 0.45 and args["epochs"] == 2 and args["dataset"] == "sysu"
 
@@ -535,12 +536,12 @@ def test_baseline_regdb_resume_after_interruption(e2e):
 
 
 def test_resume_after_kill_between_checkpoint_and_metrics(e2e):
-    """The state a kill leaves right after ``joint/last.pth`` (epoch 0) was written but before its
+    """The state a kill leaves right after ``joint/last.pth`` (epoch 1) was written but before its
     metrics line: resuming must still give one metrics record per (phase, epoch)."""
     w: Window = e2e.get("regdb_window")
-    assert w.lines_before == [("intra", 0), ("intra", 1), ("joint", 0)]
+    assert w.lines_before == [("intra", 1), ("intra", 2), ("joint", 1)]
     assert_ok(w.resumed)
-    assert phase_epochs(metrics_lines(w.run_dir)) == [("intra", 0), ("intra", 1), ("joint", 0), ("joint", 1)]
+    assert phase_epochs(metrics_lines(w.run_dir)) == [("intra", 1), ("intra", 2), ("joint", 1), ("joint", 2)]
 
 
 def test_baseline_refuses_existing_run_without_resume(e2e):
@@ -612,18 +613,18 @@ def test_stage1_artifact_round_trip(e2e, synth):
 
 
 def test_main_resume_after_interruption(e2e):
-    """main.py: Ctrl-C after epoch 0 (exit 130, no traceback), --resume runs epoch 1 only."""
+    """main.py: Ctrl-C after epoch 1 (exit 130, no traceback), --resume runs epoch 2 only."""
     s: Stage2 = e2e.get("sysu_stage2")
     assert s.first.signalled and s.first.returncode == 130, s.first.output[-3000:]
     assert "interrupted" in s.first.output and "Traceback" not in s.first.output
-    assert s.after_kill["records"] == [0], s.after_kill
+    assert s.after_kill["records"] == [1], s.after_kill
     assert_ok(s.resumed)
     log = (s.run_dir / "log.txt").read_text()
-    assert "resumed from" in log and "(epoch 0)" in log, log
+    assert "resumed from" in log and "epoch 1 was complete, continuing with epoch 2" in log, log
     assert "[mmm 1/2]" not in s.resumed.stdout and "[mmm 2/2]" in s.resumed.stdout
     assert "ARI before matching" in log
     records = metrics_lines(s.run_dir)
-    assert [r["epoch"] for r in records] == [0, 1]
+    assert [r["epoch"] for r in records] == [1, 2]
     warm, train = records
     assert {k for k in warm if k.startswith("loss_")} == {"loss_id"} and "eval" not in warm
     assert {"loss_id", "loss_tri", "loss_intra", "loss_inter"} <= set(train)
@@ -632,9 +633,9 @@ def test_main_resume_after_interruption(e2e):
     assert all(np.isfinite(v) for k, v in train.items() if k.startswith("loss_"))
     check_metric_dict(train["eval"]["all-search"], "mmm epoch 1")
     last = load_pth(s.run_dir / "last.pth")
-    assert (last["stage"], last["epoch"], last["dataset"]) == ("mmm", 1, "sysu")
+    assert (last["stage"], last["epoch"], last["dataset"]) == ("mmm", 2, "sysu")
     assert any(float(p.abs().sum()) > 0 for p in last["extra"]["prototypes"].values())  # refreshed
-    assert (s.run_dir / "best.pth").is_file()
+    assert load_pth(s.run_dir / "best.pth")["optimizer"] is None  # weights only; resuming reads last.pth
     with np.load(s.run_dir / "mmlm_labels.npz") as m:  # the matched labels, written for inspection
         assert len(m["paths_rgb"]) == len(m["labels_rgb"]) and len(m["paths_ir"]) == len(m["labels_ir"])
         matched = set(m["labels_rgb"][m["labels_rgb"] >= 0].tolist())

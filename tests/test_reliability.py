@@ -39,13 +39,9 @@ def _refused(kind: str, extra, capsys) -> str:
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    """Tiny synthetic SYSU-MM01 layout (8 ids)."""
-    out = tmp_path_factory.mktemp("synth") / "sysu"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_synthetic.py"), "--layout", "sysu",
-                    "--out", str(out), "--ids", "8", "--seed", "5", "--images-per-cam", "2", "3"],
-                   check=True, capture_output=True, cwd=ROOT)
-    return out
+def synth(tiny_sysu):
+    """Tiny synthetic SYSU-MM01 layout (8 ids, conftest.py)."""
+    return tiny_sysu
 
 
 # 1. prefix matching ---------------------------------------------------------------------------
@@ -236,3 +232,112 @@ def test_code_version_without_git(monkeypatch):
 
     monkeypatch.setattr(run.subprocess, "run", no_git)
     assert run.code_version() == "unknown"
+
+
+# 7. checkpoints: permissions, 1-based epochs, version 1 ---------------------------------------
+
+def test_checkpoint_file_mode_follows_umask(tmp_path):
+    from utils.checkpoint import atomic_torch_save
+
+    old = os.umask(0o022)
+    try:
+        atomic_torch_save({"x": 1}, str(tmp_path / "a.pth"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pth").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+
+
+def test_version1_checkpoint_epoch_read_as_completed_epochs(tmp_path):
+    """Version 1 stored the 0-based index of the last epoch: resuming it must not repeat nor skip one."""
+    import torch
+    from utils.checkpoint import FORMAT, load_checkpoint
+
+    torch.save({"format": FORMAT, "version": 1, "model": {}, "epoch": 0}, tmp_path / "old.pth")
+    torch.save({"format": FORMAT, "version": 2, "model": {}, "epoch": 1}, tmp_path / "new.pth")
+    assert load_checkpoint(str(tmp_path / "old.pth"))["epoch"] == 1
+    assert load_checkpoint(str(tmp_path / "new.pth"))["epoch"] == 1
+
+
+@pytest.mark.parametrize("epoch, step, epochs, due", [
+    (1, 1, 5, False), (2, 1, 5, True), (5, 1, 5, True), (1, 1, 1, True),  # first epoch only when it is the last
+    (2, 2, 5, True), (3, 2, 5, False), (5, 2, 5, True), (3, 0, 3, False)])
+def test_stage2_skips_evaluating_the_first_epoch(epoch, step, epochs, due):
+    from utils.mmm import evaluation_due
+
+    assert evaluation_due(epoch, step, epochs) is due
+
+
+# 8. one-line errors from DataLoader workers ----------------------------------------------------
+
+def test_worker_wrapped_error_keeps_only_the_message():
+    from data.sample import DataError
+    from utils.cli import error_message
+
+    wrapped = DataError('Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call '
+                        'last):\n  File "x.py", line 3, in f\ndata.sample.DataError: image a.jpg cannot be decoded\n')
+    assert error_message(wrapped) == "image a.jpg cannot be decoded"
+    assert error_message(DataError("plain: message")) == "plain: message"
+
+
+# 9. fidelity: the joint phase feeds the infrared batch to the mixed memory first ---------------
+
+def test_joint_step_updates_shared_memory_ir_first():
+    """One shared memory for both calls (joint phase): the rows must end as if the infrared features
+    were fed before the visible ones (released order), which differs from the other order."""
+    import torch
+    from memory.cluster_memory import ClusterMemory
+    from utils.baseline_steps import memory_step
+
+    torch.manual_seed(0)
+    feat = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)  # 2 views x 2 rgb, then 2 ir
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x_rgb, x_ir):
+            return type("Out", (), {"feat": feat.clone().requires_grad_(True)})()
+
+    y = torch.tensor([0, 1])
+    rgb_batch = ((torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)), y, None, None)
+    ir_batch = (torch.zeros(2, 3, 4, 4), y, None, None)
+    cents = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
+
+    def memory():
+        m = ClusterMemory(8, 2)
+        m.set_centroids(cents.clone())
+        return m
+
+    shared = memory()
+    losses = memory_step(Fixed(), rgb_batch, ir_batch, shared, shared, torch.device("cpu"))
+    sum(losses.values()).backward()
+
+    def replay(first_ir: bool):
+        m = memory()
+        x = feat.clone().requires_grad_(True)
+        parts = [(x[4:], y), (x[:4], torch.cat([y, y]))]
+        loss = sum(m(f, t) for f, t in (parts if first_ir else parts[::-1]))
+        loss.backward()
+        return m.features
+
+    assert torch.allclose(shared.features, replay(first_ir=True))
+    assert not torch.allclose(shared.features, replay(first_ir=False))
+
+
+def test_stage2_wrap_skips_data_parallel(monkeypatch):
+    """Several visible GPUs without torchrun: stage 1 wraps in DataParallel (as released), stage 2
+    (data_parallel=False) trains the plain model on one GPU (as released)."""
+    import torch
+    from utils.distributed import DistInfo, wrap_model
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    model = torch.nn.Linear(2, 2)
+    cuda = torch.device("cuda")
+    assert isinstance(wrap_model(model, DistInfo(), cuda), torch.nn.DataParallel)
+    assert wrap_model(model, DistInfo(), cuda, data_parallel=False) is model
+
+
+def test_log_marks_every_start_of_a_run(synth, tmp_path):
+    """A failed attempt and its corrected rerun share log.txt: each start is marked with its time and command."""
+    _prepare(synth, tmp_path, ["--batch-ids", "4"])
+    _prepare(synth, tmp_path, ["--batch-ids", "2"])
+    starts = [line for line in (tmp_path / "sysu" / "mmm" / "log.txt").read_text().splitlines()
+              if "==== start " in line]
+    assert len(starts) == 2 and all("(code " in line for line in starts)

@@ -201,3 +201,103 @@ def test_normalisation_values():
     for c in range(3):
         expected = (colour[c] / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
         assert torch.allclose(out[c], torch.full((16, 8), expected), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ fused uint8 pipeline
+def _reference_views(h, w, pad):
+    """The pipelines as they were before the fused pass: plain torchvision Composes on PIL images."""
+    from torchvision import transforms as T
+
+    def base():
+        return [T.Pad(pad), T.RandomCrop((h, w)), T.RandomHorizontalFlip(0.5), T.ToTensor(),
+                T.Normalize(IMAGENET_MEAN, IMAGENET_STD), ChannelRandomErasing(0.5)]
+
+    return (Compose(base()), Compose(base() + [ChannelExchange()]), Compose(base() + [ChannelAdapGray(0.5)]),
+            Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+
+
+@pytest.mark.parametrize("h,w,pad,src", [(288, 144, 10, (288, 144)), (64, 32, None, (64, 32)),
+                                         (24, 12, 0, (24, 12)), (24, 12, 1, (30, 20)), (31, 17, 3, (31, 17))])
+def test_fused_views_equal_the_torchvision_pipeline_for_the_same_rng_state(h, w, pad, src):
+    """Same input, same RNG state -> bit-identical tensors and the same random numbers consumed, from a PIL
+    image or from the uint8 array (the datasets pass arrays)."""
+    rgb, ir = build_train_transforms(h, w, pad)
+    ref_a, ref_b, ref_ir, ref_test = _reference_views(h, w, scaled_pad(h, w) if pad is None else pad)
+    test = build_test_transform()
+    rng = np.random.default_rng(h * w)
+    for seed in range(10 if h > 100 else 40):
+        arr = rng.integers(0, 256, (*src, 3), dtype=np.uint8)
+        for fused, ref in ((rgb.view_a, ref_a), (rgb.view_b, ref_b), (ir, ref_ir), (test, ref_test)):
+            torch.manual_seed(seed)
+            expected, after = ref(Image.fromarray(arr)), torch.rand(1)
+            for img in (arr, Image.fromarray(arr)):
+                torch.manual_seed(seed)
+                out = fused(img)
+                assert out.dtype == torch.float32 and out.is_contiguous()
+                assert torch.equal(out, expected), (seed, fused)
+                assert torch.equal(torch.rand(1), after)  # same number of draws
+
+
+def test_fused_view_statistics_match_the_reference():
+    """Over many draws: flip rate, crop offsets and erasing rate as torchvision's pipeline gives them."""
+    h, w = 32, 16
+    rgb, _ = build_train_transforms(h, w, pad=4)
+    ramp = np.asarray(_ramp_image(h, w))
+    flips, erased, offsets = 0, 0, set()
+    for _ in range(1000):
+        out = rgb.view_a(ramp)
+        mid = out[0, h // 2]
+        content = mid[mid > (0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0] + 1e-3]
+        flips += bool(len(content) > 1 and content[0] > content[-1])
+        erased += bool((out == ERASE_VALUE[0]).any())
+        offsets.add(int(len(content)))
+    assert abs(flips / 1000 - 0.5) < 0.06 and abs(erased / 1000 - 0.5) < 0.06
+    assert min(offsets) <= w - 4 and max(offsets) == w
+
+
+def test_fused_view_unusual_settings_take_the_plain_path():
+    from torchvision import transforms as T
+
+    from data.transforms import FastView
+
+    steps = [T.Pad(2, fill=7), T.RandomCrop((16, 8)), T.RandomHorizontalFlip(0.5), T.ToTensor(),
+             T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    arr = np.random.default_rng(0).integers(0, 256, (16, 8, 3), dtype=np.uint8)
+    torch.manual_seed(3)
+    expected = Compose(steps)(Image.fromarray(arr))
+    torch.manual_seed(3)
+    assert torch.equal(FastView(steps)(arr), expected)
+    with pytest.raises(ValueError, match="FastView needs"):
+        FastView([T.ToTensor()])(arr)
+
+
+def test_image_dataset_hands_arrays_to_fused_transforms(tmp_path):
+    """ImageDataset skips the PIL image for the project's transforms; the tensors are those of the PIL path."""
+    from data.images import ImageDataset
+    from data.sample import Sample
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(p)
+        paths.append(Sample(str(p), i, 1, "rgb"))
+    rgb, _ = build_train_transforms(32, 16)
+    seen = []
+
+    class Spy:
+        accepts_uint8 = True
+
+        def __call__(self, img):
+            seen.append(type(img))
+            return rgb(img)
+
+    ds = ImageDataset(paths, Spy(), h=32, w=16)
+    plain = ImageDataset(paths, lambda img: rgb(img), h=32, w=16)  # no accepts_uint8: PIL image
+    for i in range(3):
+        torch.manual_seed(i)
+        (a, b), *rest = ds[i]
+        torch.manual_seed(i)
+        (a2, b2), *rest2 = plain[i]
+        assert torch.equal(a, a2) and torch.equal(b, b2) and rest == rest2
+    assert seen == [np.ndarray] * 3
+    assert rgb.accepts_uint8 and build_test_transform().accepts_uint8

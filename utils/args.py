@@ -6,6 +6,7 @@ Dataset-dependent defaults are ``None`` in the parser and filled from :mod:`data
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Optional, Sequence
 
 from data.specs import SPECS
@@ -48,6 +49,32 @@ class _Refused(argparse.Action):
         parser.error(f"{option_string} is not used here: {self.hint}")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; os.cpu_count() where there is none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def default_workers(cap: int = 8) -> int:
+    """Default ``--workers``: one DataLoader worker process per available core, at most ``cap``."""
+    return max(1, min(cap, available_cores()))
+
+
+AMP_HELP = ("mixed precision of {what}: off (default: float32, with TF32 matrix products on GPUs that have "
+            "them, the released numerics), bf16 (bfloat16 autocast, CPU or GPU), fp16 (float16 autocast{scaler}; "
+            "GPU only). A bare --amp (the old switch) means bf16 on the CPU and on GPUs with bfloat16, fp16 on "
+            "older GPUs")
+
+
+def pretrained_source(text: str) -> str:
+    """``imagenet``, ``none`` or the path of an existing file (its content is checked when loaded)."""
+    if text in ("imagenet", "none") or os.path.isfile(text):
+        return text
+    raise argparse.ArgumentTypeError(f"no file at {text!r}; give imagenet, none or the path of a torchvision "
+                                     "ResNet state dict")
+
+
 def new_parser(**kwargs) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` without prefix matching: a misspelt flag (the released ``--resume-net``)
     is refused instead of silently becoming another one (``--resume-net1``)."""
@@ -67,16 +94,19 @@ def add_common_args(p: argparse.ArgumentParser, with_dataset: bool = True, train
     """
     g = p.add_argument_group("data and run")
     if with_dataset:
-        g.add_argument("--dataset", required=True, choices=sorted(SPECS), help="which dataset: sysu or regdb")
+        g.add_argument("--dataset", required=True, choices=sorted(SPECS), help=f"which dataset: {', '.join(SPECS)}")
     _alias(g, "--data-dir", required=True,
-           help="root of the raw dataset (SYSU-MM01: cam1..cam6 and exp/; RegDB: Visible/, Thermal/, idx/)")
+           help="root of the raw dataset (SYSU-MM01: cam1..cam6 and exp/; RegDB: Visible/, Thermal/, idx/; "
+                "LLCM: idx/, test_vis/, test_nir/ and the training folders its idx/ lists name)")
     _alias(g, "--output-dir", default="logs",
            help="root of the run directories; a run writes to <output-dir>/<dataset>[_trial<t>]/<stage>/ (default: logs)")
     g.add_argument("--trial", default=None,
-                   help="RegDB split 1..10 (required for RegDB, ignored for SYSU-MM01)")
+                   help="RegDB split 1..10 (required for RegDB, ignored for SYSU-MM01 and LLCM)")
     _alias(g, "--cache-dir", default=None,
            help="pre-resized image cache written by scripts/prepare_data.py (default: <data-dir>/mmm_cache if it exists)")
-    g.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes (default: 2)")
+    g.add_argument("--workers", type=non_negative_int, default=default_workers(),
+                   help=f"DataLoader worker processes per process; 0 = load in the main process (default: "
+                        f"one per available CPU core, at most 8: {default_workers()} here)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: 1 for stage 1, 0 for stage 2, as released)")
     g = p.add_argument_group("model and device")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (= cuda when available; default: auto)")
@@ -85,7 +115,7 @@ def add_common_args(p: argparse.ArgumentParser, with_dataset: bool = True, train
                    help="backbone of the two-stream network (default: resnet50; resnet18/34 for quick experiments)"
                    if training else "expected backbone; a checkpoint of another one is refused (default: the checkpoint's)")
     if training:
-        g.add_argument("--pretrained", default="imagenet",
+        g.add_argument("--pretrained", default="imagenet", type=pretrained_source,
                        help="initial backbone weights: imagenet (torchvision download), none (random, one draw "
                             "shared by both stems and the trunk, as ImageNet weights are), or a path to a "
                             "torchvision ResNet state dict such as resnet50-19c8e357.pth (default: imagenet)")
@@ -94,7 +124,9 @@ def add_common_args(p: argparse.ArgumentParser, with_dataset: bool = True, train
     _alias(g, "--img-w", type=positive_int, default=144 if training else None,
            help="input image width (default: 144" + ("" if training else "; test.py: the checkpoint's") + ")")
     _alias(g, "--test-batch", type=positive_int, default=128, help="batch size of feature extraction (default: 128)")
-    g.add_argument("--amp", action="store_true", help="mixed precision for feature extraction (CUDA only)")
+    g.add_argument("--amp", nargs="?", const=True, default="off", choices=["off", "bf16", "fp16"],
+                   help=AMP_HELP.format(what="training and feature extraction" if training else "feature extraction",
+                                        scaler=" with a gradient scaler" if training else ""))
 
 
 def add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, seed: int) -> None:
@@ -111,6 +143,9 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, seed: int
     _alias(g, "--report-ari", action="store_true",
            help="log the adjusted Rand index of the pseudo-labels against ground truth (diagnostics only)")
     _alias(g, "--sync-bn", action="store_true", help="SyncBatchNorm under torchrun (several processes)")
+    _alias(g, "--channels-last", action="store_true",
+           help="keep the network and its input batches in the channels_last memory format (faster "
+                "convolutions with --amp on recent GPUs; same results up to rounding; default: off)")
     p.set_defaults(seed_default=seed)
 
 
@@ -128,7 +163,7 @@ def add_eval_args(p: argparse.ArgumentParser, per_epoch: bool = False) -> None:
                help="refused: use --eval-trials (--gallery-trials is a test.py flag)")
     else:
         _alias(g, "--gallery-trials", type=positive_int, default=None,
-               help="SYSU-MM01 random gallery samplings (default: 10)")
+               help="random gallery samplings of SYSU-MM01 and LLCM (default: 10); RegDB galleries are not sampled")
     g.add_argument("--flip", action="store_true",
                    help="average the features of each test image and its mirror image (stage-1 style)")
 
@@ -138,7 +173,7 @@ def fill_dataset_defaults(args: argparse.Namespace) -> argparse.Namespace:
     from data.datasets import check_trial
 
     spec = SPECS[args.dataset]
-    for key in ("eps", "k1_joint", "k2_joint", "iters"):
+    for key in ("eps", "k1", "k1_joint", "k2_joint", "iters"):
         if hasattr(args, key) and getattr(args, key) is None:
             setattr(args, key, getattr(spec, key))
     if getattr(args, "trial", None) not in (None, "all"):
@@ -164,27 +199,34 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], datase
     return fill_dataset_defaults(args)
 
 
+def _per_dataset(attr: str) -> str:
+    """``"sysu 30, regdb 30, llcm 25"``: a spec value of every dataset, for help texts."""
+    return ", ".join(f"{name} {getattr(spec, attr)}" for name, spec in SPECS.items())
+
+
 def baseline_parser(dataset: str) -> argparse.ArgumentParser:
-    """Flags of stage 1 (baseline_sysu.py / baseline_regdb.py), released defaults (method.md J.1)."""
+    """Flags of stage 1 (baseline_<dataset>.py), released defaults (method.md J.1)."""
     spec = SPECS[dataset]
     p = new_parser(description=f"Stage 1 (cluster-contrast baseline with intra-modality and "
                                             f"joint phases) on {dataset}.")
     add_common_args(p, with_dataset=False)
     add_train_args(p, epochs=50, lr=3.5e-4, seed=1)
     g = p.add_argument_group("stage 1")
-    g.add_argument("--iters", type=positive_int, default=None, help="iterations per epoch (default: sysu 200, regdb 100)")
+    g.add_argument("--iters", type=positive_int, default=None, help=f"iterations per epoch (default: {_per_dataset('iters')})")
     g.add_argument("-b", "--batch-size", type=positive_int, default=128,
                    help="images per modality per iteration (default: 128 = 8 pseudo-ids x 16)")
     _alias(g, "--num-instances", type=positive_int, default=16, help="images per pseudo-identity in a batch (default: 16)")
     _alias(g, "--step-size", type=positive_int, default=20, help="StepLR period in epochs, gamma 0.1 (default: 20)")
     g.add_argument("--eps", type=positive_float, default=None,
-                   help=f"DBSCAN radius on the Jaccard distance (default: sysu 0.6, regdb 0.3; this run {spec.eps})")
-    g.add_argument("--k1", type=positive_int, default=30, help="k-reciprocal neighbours of the intra-modality Jaccard (default: 30)")
+                   help=f"DBSCAN radius on the Jaccard distance (default: {_per_dataset('eps')}; this run {spec.eps})")
+    g.add_argument("--k1", type=positive_int, default=None,
+                   help=f"k-reciprocal neighbours of the intra-modality Jaccard (default: {_per_dataset('k1')}; "
+                        f"this run {spec.k1})")
     g.add_argument("--k2", type=positive_int, default=6, help="query-expansion neighbours of the intra-modality Jaccard (default: 6)")
     _alias(g, "--k1-joint", type=positive_int, default=None,
-           help="k1 of the joint modality-balanced Jaccard (default: sysu 40, regdb 38)")
+           help=f"k1 of the joint modality-balanced Jaccard (default: {_per_dataset('k1_joint')})")
     _alias(g, "--k2-joint", type=positive_int, default=None,
-           help="k2 of the joint modality-balanced Jaccard (default: sysu 32, regdb 18)")
+           help=f"k2 of the joint modality-balanced Jaccard (default: {_per_dataset('k2_joint')})")
     g.add_argument("--temp", type=positive_float, default=0.05, help="memory temperature tau (default: 0.05)")
     g.add_argument("--momentum", type=float, default=0.1,
                    help="memory momentum mu in M <- mu*M + (1-mu)*f (default: 0.1)")

@@ -17,12 +17,12 @@ from data.datasets import load_train
 from data.sample import IR, RGB, DataError, pids_of
 from data.specs import SPECS
 from data.transforms import build_train_transforms
-from model import build_model
+from model import build_model, to_channels_last
 from utils.artifacts import save_artifact
 from utils.baseline_steps import (build_memory, cluster_epoch, clustering_report, current_lr,
                                   memory_step, train_loader)
 from utils.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_checkpoint
-from utils.device import unwrap
+from utils.device import configure_backends, grad_scaler, optimizer_step, unwrap
 from utils.distributed import (all_gather_rows, barrier, debug_dump,
                                decorrelate_rng, env_world_size, mean_over_ranks, run_on_main, state_digest,
                                sync_buffers, wrap_model)
@@ -35,21 +35,23 @@ PHASES = ("intra", "joint")
 
 
 def extract_train(model, samples, args, ctx, desc: str) -> torch.Tensor:
-    """Clustering descriptors (N, D): (f(x) + f(flip x)) / 2, not re-normalised (D.2 step 1).
+    """Clustering descriptors (N, D): (f(x) + f(flip x)) / 2, not re-normalised (D.2 step 1), on the
+    training device (the clustering's k-NN search runs there).
 
     Under torchrun every rank embeds one contiguous shard and the shards are gathered.
     """
     kw = dict(device=ctx.device, img_h=args.img_h, img_w=args.img_w, interpolation="bicubic",
               cache=ctx.cache(args, "bicubic"), batch_size=args.test_batch, workers=args.workers,
-              flip=True, renormalize=False, amp=args.amp, desc=desc, progress=ctx.dist.is_main)
+              flip=True, renormalize=False, amp=args.amp, desc=desc, progress=ctx.dist.is_main,
+              out_device=ctx.device)
     if not ctx.dist.enabled:
         return extract_features(model, samples, **kw)
     sync_buffers(model, ctx.dist)  # every shard embedded with the same BatchNorm statistics
     per = math.ceil(len(samples) / ctx.dist.world_size)
     shard = list(samples[ctx.dist.rank * per:(ctx.dist.rank + 1) * per]) or [samples[-1]]
     shard += [shard[-1]] * (per - len(shard))  # equal sizes for all_gather
-    f = extract_features(unwrap(model), shard, **kw).to(ctx.device)
-    return all_gather_rows(f, ctx.dist, len(samples)).cpu()
+    f = extract_features(unwrap(model), shard, **kw)
+    return all_gather_rows(f, ctx.dist, len(samples))
 
 
 def ari_report(labels: Dict[str, np.ndarray], samples) -> Dict[str, float]:
@@ -72,7 +74,7 @@ def run_evaluation(model, args, ctx) -> Dict:
                        cache=ctx.cache(args, "lanczos"), batch_size=args.test_batch,
                        workers=args.workers, flip=True, amp=args.amp, progress=False)
     for line in format_results(results):
-        if "MEAN" in line or args.dataset == "regdb":
+        if "MEAN" in line or spec.gallery_trials == 1:  # one split per protocol: its line is the result
             ctx.logger.info(line)
     return results
 
@@ -82,8 +84,9 @@ def selection_metric(results: Dict) -> float:
     return next(iter(results.values()))["mean"]["mAP"]
 
 
-def train_epoch(model, optimizer, loaders, memories, args, ctx, joint: bool) -> Dict[str, float]:
-    """``args.iters`` iterations; in the joint phase each iteration makes two optimizer steps."""
+def train_epoch(model, optimizer, loaders, memories, args, ctx, joint: bool, scaler=None) -> Dict[str, float]:
+    """``args.iters`` iterations; in the joint phase each iteration makes two optimizer steps
+    (through ``scaler`` under ``--amp fp16``)."""
     from tqdm import tqdm
 
     model.train()
@@ -96,13 +99,12 @@ def train_epoch(model, optimizer, loaders, memories, args, ctx, joint: bool) -> 
             steps.append(("joint", memories["joint"], memories["joint"]))
         for name, m_rgb, m_ir in steps:
             pre = "" if name == "intra" else "joint_"
-            losses = memory_step(model, next(iters[pre + "rgb"]), next(iters[pre + "ir"]), m_rgb, m_ir, ctx.device)
+            losses = memory_step(model, next(iters[pre + "rgb"]), next(iters[pre + "ir"]), m_rgb, m_ir, ctx.device,
+                                 amp=args.amp)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {float(loss)} at iteration {it}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(loss, optimizer, scaler)
             for k, v in losses.items():
                 sums[pre + k] = sums.get(pre + k, 0.0) + float(v.detach())
         if (it + 1) % args.print_freq == 0:
@@ -176,8 +178,9 @@ def phase_start(phase: str, model, optimizer, scheduler, ctx) -> (int, float):
         scheduler.load_state_dict(ckpt["scheduler"])
         if ctx.dist.is_main and ckpt.get("metrics"):
             restore_metrics(ctx.run_dir, ckpt["metrics"])
-        ctx.logger.info(f"resumed {phase} phase from {src} (epoch {ckpt['epoch']})")
-        return ckpt["epoch"] + 1, ckpt.get("best_metric") or -1.0
+        ctx.logger.info(f"resumed {phase} phase from {src}: epoch {ckpt['epoch']} was complete, "
+                        f"continuing with epoch {ckpt['epoch'] + 1}")
+        return ckpt["epoch"], ckpt.get("best_metric") or -1.0
     ctx.logger.info(f"joint phase starts from {src}")
     return 0, -1.0
 
@@ -188,6 +191,7 @@ def run_phase(phase: str, model, data, args, ctx) -> None:
     optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=0.1)
     start, best = phase_start(phase, model, optimizer, scheduler, ctx)
+    scaler = grad_scaler(args.amp, ctx.device)  # float16 only; its scale adapts within a few steps
     joint = phase == "joint"
     for epoch in range(start, args.epochs):
         timer = Timer()
@@ -201,11 +205,11 @@ def run_phase(phase: str, model, data, args, ctx) -> None:
                                "persists, change --eps or --batch-size, or check the data")
             losses = {}
         else:
-            losses = train_epoch(model, optimizer, loaders, memories, args, ctx, joint)
+            losses = train_epoch(model, optimizer, loaders, memories, args, ctx, joint, scaler)
         with warnings.catch_warnings():  # a skipped epoch made no optimizer step; the schedule still advances
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
             scheduler.step()
-        record = dict(phase=phase, epoch=epoch, lr=lr, **report, **losses)
+        record = dict(phase=phase, epoch=epoch + 1, lr=lr, **report, **losses)  # epochs 1-based for people
         if joint:  # False when the joint step was skipped ("too few cross-modality clusters")
             record["joint_trained"] = "joint_loss_rgb" in losses
         due = args.eval_step > 0 and ((epoch + 1) % args.eval_step == 0 or epoch + 1 == args.epochs)
@@ -221,11 +225,12 @@ def run_phase(phase: str, model, data, args, ctx) -> None:
         debug_dump(f"stage1_{phase}_e{epoch}_model", state_digest(model), ctx.dist)
         if ctx.dist.is_main:
             ckpt = make_checkpoint(model, stage="baseline", phase=phase, dataset=args.dataset, trial=args.trial,
-                                   epoch=epoch, args=vars(args), optimizer=optimizer, scheduler=scheduler,
+                                   epoch=epoch + 1, args=vars(args), optimizer=optimizer, scheduler=scheduler,
                                    metrics=record, best_metric=best)
             save_checkpoint(ckpt, os.path.join(ctx.run_dir, phase, "last.pth"), ctx.dist)
-            if is_best:
-                save_checkpoint(ckpt, os.path.join(ctx.run_dir, phase, "best.pth"), ctx.dist)
+            if is_best:  # weights only: resuming reads last.pth, so best.pth needs no optimizer state
+                save_checkpoint(dict(ckpt, optimizer=None, scheduler=None),
+                                os.path.join(ctx.run_dir, phase, "best.pth"), ctx.dist)
             append_metrics(ctx.run_dir, record)
         ctx.logger.info(f"[{phase} {epoch + 1}/{args.epochs}] lr {lr:.2e} " +
                         "  ".join(f"{k} {v:.3f}" for k, v in losses.items()) +
@@ -243,9 +248,9 @@ def export(model, data, args, ctx) -> str:
     meta = dict(dataset=args.dataset, trial=args.trial, eps=args.eps, k1=args.k1, k2=args.k2,
                 data_dir=os.path.abspath(args.data_dir), arch=args.arch, epochs=args.epochs, **report)
     path = save_artifact(ctx.run_dir, args.data_dir, {m: data[m] for m in (RGB, IR)},
-                         {m: feats[m].numpy() for m in (RGB, IR)}, labels, meta)
+                         {m: feats[m].cpu().numpy() for m in (RGB, IR)}, labels, meta)
     ckpt = make_checkpoint(model, stage="baseline", phase="final", dataset=args.dataset, trial=args.trial,
-                           epoch=args.epochs - 1, args=vars(args), metrics=report)
+                           epoch=args.epochs, args=vars(args), metrics=report)
     save_checkpoint(ckpt, os.path.join(ctx.run_dir, "final.pth"), ctx.dist)
     ctx.logger.info(f"stage-1 artifact {path} ({report['rgb_clusters']} rgb / {report['ir_clusters']} ir "
                     f"clusters); checkpoint for stage 2: {os.path.join(ctx.run_dir, 'final.pth')}")
@@ -255,6 +260,7 @@ def export(model, data, args, ctx) -> str:
 def run_baseline(args) -> str:
     """The whole of stage 1; returns the run directory."""
     ctx = prepare_run(args, "baseline", last_checkpoint=os.path.join("intra", "last.pth"))
+    configure_backends(ctx.device, args.amp)
     if run_on_main(lambda: os.path.exists(os.path.join(ctx.run_dir, "final.pth")), ctx.dist):
         ctx.logger.info(f"{ctx.run_dir} is complete (final.pth exists); nothing to do")
         return ctx.run_dir
@@ -262,6 +268,8 @@ def run_baseline(args) -> str:
     ctx.logger.info(f"training images: {len(rgb)} rgb, {len(ir)} ir")
     data = {RGB: rgb, IR: ir, "transforms": build_train_transforms(args.img_h, args.img_w)}
     model = build_model(arch=args.arch, num_classes=0, pretrained=args.pretrained).to(ctx.device)
+    if args.channels_last:
+        to_channels_last(model)
     model = wrap_model(model, ctx.dist, ctx.device, sync_bn=args.sync_bn)
     decorrelate_rng(args.seed, ctx.dist)
     in_joint = run_on_main(lambda: os.path.exists(os.path.join(ctx.run_dir, "joint", "last.pth")), ctx.dist)

@@ -13,7 +13,8 @@ from data.sample import IR, RGB, cams_of
 from data.samplers import RandomMultipleGallerySampler
 from memory.centroids import cluster_centroids, cross_modal_mask, mixed_centroids
 from memory.cluster_memory import ClusterMemory
-from utils.device import replica_order, unwrap
+from model import input_memory_format
+from utils.device import AmpMode, autocast, replica_order, unwrap
 
 
 def cluster_epoch(feats: Dict[str, torch.Tensor], args, joint: bool) -> Dict[str, np.ndarray]:
@@ -24,13 +25,14 @@ def cluster_epoch(feats: Dict[str, torch.Tensor], args, joint: bool) -> Dict[str
     Returns:
         ``{"rgb": (N_rgb,), "ir": (N_ir,)[, "joint": (N_rgb + N_ir,)]}`` int64, -1 = outlier.
     """
-    labels = {m: pseudo_labels(feats[m], eps=args.eps, k1=args.k1, k2=args.k2, knn=args.knn)
-              for m in (RGB, IR)}
+    # The k-NN search runs where the features are: on the training GPU when they were extracted there.
+    labels = {m: pseudo_labels(feats[m], eps=args.eps, k1=args.k1, k2=args.k2, knn=args.knn,
+                               device=feats[m].device) for m in (RGB, IR)}
     if joint:
         both = torch.cat([feats[RGB], feats[IR]])
         modality = np.r_[np.zeros(len(feats[RGB]), np.int64), np.ones(len(feats[IR]), np.int64)]
         labels["joint"] = pseudo_labels(both, eps=args.eps, k1=args.k1_joint, k2=args.k2_joint,
-                                        modality=modality, knn=args.knn)
+                                        modality=modality, knn=args.knn, device=both.device)
     return labels
 
 
@@ -54,12 +56,12 @@ def _modality_vector(n_rgb: int, n: int) -> torch.Tensor:
 def build_memory(features: torch.Tensor, labels: np.ndarray, args, device,
                  modality: Optional[torch.Tensor] = None) -> Optional[ClusterMemory]:
     """A cluster memory initialised with the (mixed) centroids, or None with fewer than 2 clusters."""
-    lab = torch.as_tensor(labels)
+    lab = torch.as_tensor(labels).to(features.device)
     k = int(lab.max()) + 1 if len(lab) else 0
     if k < 2:
         return None
     cents = (cluster_centroids(features, lab, k) if modality is None
-             else mixed_centroids(features, lab, modality, k))
+             else mixed_centroids(features, lab, modality.to(features.device), k))
     mem = ClusterMemory(features.shape[1], k, temp=args.temp, momentum=args.momentum,
                         use_hard=args.use_hard).to(device)
     mem.set_centroids(cents.to(device))
@@ -87,25 +89,37 @@ def train_loader(samples, labels: np.ndarray, transform, args, ctx, epoch: int, 
     sampler.set_epoch(epoch)
     ds = ImageDataset(samples, transform, labels=labels, h=args.img_h, w=args.img_w,
                       interpolation="bicubic", cache=ctx.cache(args, "bicubic"))
+    # Iterated once (the labels change every epoch), so persistent workers would gain nothing here;
+    # pinned batches let the copies to the GPU overlap with compute (non_blocking in memory_step).
     return DataLoader(ds, batch_sampler=sampler, num_workers=args.workers,
                       pin_memory=ctx.device.type == "cuda", persistent_workers=False)
 
 
-def memory_step(model, rgb_batch, ir_batch, mem_rgb, mem_ir, device) -> Dict[str, torch.Tensor]:
-    """Losses of one iteration: NCE(M_rgb; both rgb views) + NCE(M_ir; ir) (method.md D.2 step 8).
+def memory_step(model, rgb_batch, ir_batch, mem_rgb, mem_ir, device,
+                amp: AmpMode = "off") -> Dict[str, torch.Tensor]:
+    """Losses of one iteration: NCE(M_rgb; both rgb views) + NCE(M_ir; ir) (method.md D.2 step 8, D.3 step 5).
 
     ``rgb_batch`` = ((view_a, view_b), labels, cams, idx); ``ir_batch`` = (img, labels, cams, idx).
-    In the joint phase both memories are the mixed memory.
+    In the joint phase both memories are the mixed memory. ``amp`` (an ``--amp`` value) autocasts the
+    network's forward only: its features are cast to float32 before the memories (their softmax, their
+    update in backward) see them.
     """
+    fmt = input_memory_format(model)
     (va, vb), y_rgb = rgb_batch[0], rgb_batch[1].to(device)
-    t, y_ir = ir_batch[0].to(device, non_blocking=True), ir_batch[1].to(device)
-    x_rgb = torch.cat([va, vb]).to(device, non_blocking=True)
-    feat = model(x_rgb=x_rgb, x_ir=t).feat
+    t, y_ir = ir_batch[0].to(device, non_blocking=True, memory_format=fmt), ir_batch[1].to(device)
+    # Copy the (pinned) views first and concatenate on the device: a CPU cat would copy unpinned.
+    x_rgb = torch.cat([v.to(device, non_blocking=True, memory_format=fmt) for v in (va, vb)])
+    with autocast(amp, device):
+        feat = model(x_rgb=x_rgb, x_ir=t).feat
+    feat = feat.float()
     order = replica_order(len(x_rgb), len(t), model)
     if order is not None:
         feat = feat[order.to(feat.device)]
     n = len(x_rgb)
-    return {"loss_rgb": mem_rgb(feat[:n], torch.cat([y_rgb, y_rgb])), "loss_ir": mem_ir(feat[n:], y_ir)}
+    # The infrared loss is built first, as released: in the joint phase both calls share the mixed
+    # memory, which updates in backward, so the call order decides which modality writes a row last.
+    loss_ir = mem_ir(feat[n:], y_ir)
+    return {"loss_rgb": mem_rgb(feat[:n], torch.cat([y_rgb, y_rgb])), "loss_ir": loss_ir}
 
 
 def current_lr(optimizer) -> float:

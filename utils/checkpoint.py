@@ -5,11 +5,17 @@ Schema (a dict saved with ``torch.save``)::
     format="mmm-vireid", version, stage ("baseline" | "mmm"), phase, model (unwrapped state_dict),
     arch, num_classes, non_local, dataset, trial, epoch, optimizer, scheduler, metrics,
     best_metric, args, extra
+
+``epoch`` is the number of epochs of the phase that are complete (1-based, as the log prints it:
+a checkpoint written after the first epoch says 1). Version 1 stored the 0-based index instead;
+:func:`load_checkpoint` converts it, so old runs resume at the right epoch.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from typing import Any, Dict, Optional
@@ -22,22 +28,56 @@ from utils.device import unwrap
 from utils.distributed import DistInfo, debug_note_write
 
 FORMAT = "mmm-vireid"
-VERSION = 1
+VERSION = 2
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (atomic on POSIX),
-    so an interrupted run never leaves a truncated checkpoint behind."""
+    so an interrupted run never leaves a truncated checkpoint behind.
+
+    The file gets the permissions of any other output (0666 minus the umask; ``mkstemp`` alone
+    would leave 0600). A failed write (disk full, quota, read-only folder) removes the temporary
+    file, keeps the previous checkpoint and raises a one-line :class:`DataError`.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
+    except OSError as err:
+        raise DataError(f"cannot write {path}: {err.strerror}; choose a writable --output-dir") from None
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a short write as a RuntimeError
+        raise DataError(_write_failure(path, folder, err)) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    """The process umask (reading it requires setting it; restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_failure(path: str, folder: str, err: BaseException) -> str:
+    """One line saying why a checkpoint could not be written and what to do."""
+    # torch.save's short-write RuntimeError ("enforce fail at inline_container.cc ...") names no cause
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else "the file was written only in part"
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    full = (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)) or \
+        (free is not None and free < 2**30)
+    hint = (f"the disk looks full ({free / 2**20:.0f} MiB free in {folder}); free space or choose another "
+            "--output-dir" if full and free is not None else "check the folder and the free space")
+    return (f"cannot write checkpoint {path} ({reason}): {hint}, then rerun with --resume "
+            "(the previous checkpoint is kept)")
 
 
 def save_checkpoint(ckpt: Dict[str, Any], path: str, dist: DistInfo) -> None:
@@ -78,7 +118,9 @@ def load_checkpoint(path: str, flag: str = "checkpoint") -> Dict[str, Any]:
                         f"{str(err).splitlines()[0][:120]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
         raise DataError(f"{flag}: {path} is not a checkpoint of this project (no '{FORMAT}' "
-                        "format tag); evaluate checkpoints written by baseline_*.py or main.py")
+                        "format tag); give a .pth written by baseline_*.py or main.py")
+    if ckpt.get("version", 1) < 2:  # version 1 stored the 0-based epoch index
+        ckpt["epoch"] = int(ckpt["epoch"]) + 1
     return ckpt
 
 
@@ -102,6 +144,9 @@ def load_model_state(model: nn.Module, ckpt: Dict[str, Any], path: str, skip_cla
     """
     state = ckpt["model"]
     net = unwrap(model)
+    if ckpt.get("arch") != getattr(net, "arch", ckpt.get("arch")):
+        raise DataError(f"{path} holds a {ckpt.get('arch')} model but this run builds {net.arch}: pass --arch "
+                        f"{ckpt.get('arch')} to use it (or another --output-dir to start a new run)")
     if skip_classifier:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         own = {k: v for k, v in net.state_dict().items() if not k.startswith("classifier.")}

@@ -1,16 +1,22 @@
-"""Device choice and multi-GPU wrapping. Nothing here touches CUDA_VISIBLE_DEVICES."""
+"""Device choice, numerics (TF32, mixed precision) and multi-GPU wrapping.
+
+Nothing here touches CUDA_VISIBLE_DEVICES, and nothing changes a torch setting at import time: the
+entry points call :func:`configure_backends` once, after the device is known.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from data.sample import DataError
+from utils.args import available_cores
 
 
 def resolve_device(name: Optional[str] = None) -> torch.device:
@@ -29,6 +35,87 @@ def resolve_device(name: Optional[str] = None) -> torch.device:
         raise DataError(f"--device {name} was given but no GPU is visible; use --device cpu "
                         "(or check CUDA_VISIBLE_DEVICES and the torch CUDA build)")
     return device
+
+
+#: Values of ``--amp`` (``True`` = a bare ``--amp``, the old switch: see :func:`amp_dtype`).
+AMP_MODES = ("off", "bf16", "fp16")
+AmpMode = Union[str, bool, None]
+
+
+def amp_dtype(amp: AmpMode, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype of an ``--amp`` value on ``device``; None = float32 (no autocast).
+
+    ``"off"``/False/None → None; ``"bf16"`` → bfloat16; ``"fp16"`` → float16 (CUDA only); True (a bare
+    ``--amp``, the old feature-extraction switch) → bfloat16 on the CPU and on GPUs that have it
+    (Ampere and newer), float16 on older GPUs.
+
+    Raises:
+        DataError: an unknown value, or fp16 on a CPU (CPU autocast is bfloat16; float16 matrix
+            products there are slow and gain nothing).
+    """
+    if amp in (None, False, "off"):
+        return None
+    if amp is True:
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.float16
+        return torch.bfloat16
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise DataError(f"--amp fp16 needs a GPU (device {device}); on the CPU use --amp bf16 or --amp off")
+        return torch.float16
+    raise DataError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+
+
+def autocast(amp: AmpMode, device: torch.device):
+    """Context manager: ``torch.autocast`` with the dtype of ``amp`` on ``device``, or a no-op for fp32."""
+    dtype = amp_dtype(amp, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(amp: AmpMode, device: torch.device) -> Optional["torch.amp.GradScaler"]:
+    """A gradient scaler for float16 training (its small exponent range underflows gradients), else None.
+
+    bfloat16 has float32's exponent range and needs none."""
+    if amp_dtype(amp, device) is torch.float16:
+        return torch.amp.GradScaler(device.type)
+    return None
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler=None) -> None:
+    """zero_grad → backward → step, through ``scaler`` when training in float16.
+
+    With a scaler the loss is multiplied before backward and the gradients divided before the step;
+    a step whose gradients overflowed is skipped and the scale lowered (torch.amp.GradScaler).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def configure_backends(device: torch.device, amp: AmpMode = "off") -> None:
+    """Process-wide numerics and speed settings, called once at start-up by the training entry points.
+
+    On CUDA: float32 matrix products and convolutions may use TF32 (what the release's torch 1.8 did by
+    default on GPUs that have it, so ``--amp off`` keeps the released numerics), and cuDNN picks the
+    fastest convolution algorithms for the fixed input sizes (``cudnn.benchmark``). The exact k-NN
+    search of the clustering switches TF32 off for itself (clustering/knn.py). Also validates ``amp``
+    for ``device`` (one-line error for ``--amp fp16`` on a CPU).
+    """
+    amp_dtype(amp, device)
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
 
 
 def busy_cores(interval: float = 0.3) -> Optional[float]:
@@ -53,7 +140,7 @@ def default_threads(cap: int = 8) -> int:
     """CPU threads for one process: the cores it may use (at most ``cap``), but 1 when other work already
     keeps at least half of them busy. On a busy machine, OpenMP threads that spin waiting for each other
     make iterations many times slower than one thread does."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     busy = busy_cores()
     if busy is None:
         busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
@@ -67,8 +154,31 @@ def maybe_data_parallel(model: nn.Module, device: torch.device, distributed: boo
     per replica (as in the released code); results therefore depend on the GPU count.
     """
     if device.type == "cuda" and not distributed and torch.cuda.device_count() > 1:
-        return nn.DataParallel(model)
+        return AutocastDataParallel(model)
     return model
+
+
+def in_autocast(fn, device_type: str, dtype: torch.dtype):
+    """``fn`` wrapped so that it runs under ``torch.autocast(device_type, dtype)`` in whatever thread calls it."""
+    def run(*args, **kwargs):
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            return fn(*args, **kwargs)
+    return run
+
+
+class AutocastDataParallel(nn.DataParallel):
+    """``nn.DataParallel`` whose replica threads autocast to the caller's dtype.
+
+    Autocast state is per thread, and torch's parallel_apply hands its worker threads only "enabled": a
+    bfloat16 region (``--amp bf16``) would run the replicas in the default float16, without a gradient
+    scaler. Here each replica runs inside an autocast of the caller's dtype.
+    """
+
+    def parallel_apply(self, replicas, inputs, kwargs):
+        if torch.is_autocast_enabled("cuda"):
+            dtype = torch.get_autocast_dtype("cuda")
+            replicas = [in_autocast(r, "cuda", dtype) for r in replicas]
+        return super().parallel_apply(replicas, inputs, kwargs)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -68,10 +68,12 @@ def init_distributed(args) -> DistInfo:
     return DistInfo(enabled=True, rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def wrap_model(model: nn.Module, dist: DistInfo, device: torch.device, sync_bn: bool = False) -> nn.Module:
-    """DDP under torchrun (optionally with SyncBatchNorm), else DataParallel on several GPUs, else as is."""
+def wrap_model(model: nn.Module, dist: DistInfo, device: torch.device, sync_bn: bool = False,
+               data_parallel: bool = True) -> nn.Module:
+    """DDP under torchrun (optionally with SyncBatchNorm), else DataParallel on several GPUs (unless
+    ``data_parallel`` is False), else as is."""
     if not dist.enabled:
-        return maybe_data_parallel(model, device)
+        return maybe_data_parallel(model, device) if data_parallel else model
     if sync_bn:
         if device.type != "cuda":
             raise DataError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on the CPU; "

@@ -1,5 +1,8 @@
-"""The test protocols of method.md H, run on a model: SYSU-MM01 (all/indoor, 10 gallery trials)
-and RegDB (visible->thermal, thermal->visible)."""
+"""The test protocols of method.md H and dataset_layouts.md section 4, run on a model: SYSU-MM01
+(all/indoor, 10 gallery trials), RegDB (visible->thermal, thermal->visible) and LLCM (both
+directions, 10 gallery trials). What differs between datasets comes from :mod:`data.specs`; the
+query/gallery lists from :func:`data.datasets.load_protocols`.
+"""
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -7,28 +10,40 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from data.datasets import TestSplit, load_test_splits
+from data.datasets import TestSplit, load_protocols
 from data.sample import cams_of, pids_of
+from data.specs import SPECS
 from utils.features import extract_features
-from utils.metrics import eval_regdb, eval_sysu
+from utils.metrics import eval_protocol
 
 RANKS = (1, 5, 10, 20)
 
 
-def split_metrics(dataset: str, split: TestSplit, q_feat: torch.Tensor, g_feat: torch.Tensor):
-    """Metrics of one query/gallery split from L2-normalised features (Q,D), (G,D).
+def distance_matrix(q_feat: torch.Tensor, g_feat: torch.Tensor, rerank=None) -> np.ndarray:
+    """(Q, G) float64 distances, smaller = closer, from L2-normalised features (Q,D), (G,D).
 
-    Returns (metrics dict in percent, distmat (Q,G) float64 with smaller = closer).
+    Plain: -<q, g> (the released ranking by descending similarity). With ``rerank`` (a
+    :class:`clustering.rerank.RerankParams`): the k-reciprocal re-ranked distance.
     """
-    distmat = -(q_feat.double() @ g_feat.double().T).numpy()
-    q_pids, g_pids = pids_of(split.query), pids_of(split.gallery)
-    if dataset == "sysu":
-        cmc, mAP, mINP = eval_sysu(distmat, q_pids, g_pids, cams_of(split.query), cams_of(split.gallery))
-    else:
-        cmc, mAP, mINP = eval_regdb(distmat, q_pids, g_pids)
+    if rerank is not None:
+        from clustering.rerank import rerank_distance
+
+        return rerank_distance(q_feat, g_feat, rerank)
+    return -(q_feat.double() @ g_feat.double().T).numpy()
+
+
+def split_metrics(dataset: str, split: TestSplit, distmat: np.ndarray):
+    """Metrics of one query/gallery split under the dataset's protocol (removal rule, CMC kind).
+
+    Returns (metrics dict in percent: r1, r5, r10, r20, mAP, mINP; cmc float64 (20,) fractions).
+    """
+    spec = SPECS[dataset]
+    q_cams, g_cams = (cams_of(split.query), cams_of(split.gallery)) if spec.uses_cameras else (None, None)
+    cmc, mAP, mINP = eval_protocol(spec.removal, distmat, pids_of(split.query), pids_of(split.gallery),
+                                   q_cams, g_cams, max_rank=max(RANKS))
     metrics = {f"r{r}": 100.0 * float(cmc[r - 1]) for r in RANKS if r <= len(cmc)}
     metrics.update(mAP=100.0 * float(mAP), mINP=100.0 * float(mINP))
-    return metrics, distmat
+    return metrics, cmc
 
 
 def summarize(per_split: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, float]]:
@@ -39,27 +54,11 @@ def summarize(per_split: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, flo
             "std": {k: float(v.std()) for k, v in table.items()}}
 
 
-def _protocols(dataset: str, data_dir: str, trial, modes, shot: int, gallery_trials: int,
-               directions) -> Dict[str, List[TestSplit]]:
-    if dataset == "sysu":
-        return {f"{mode}-search": load_test_splits("sysu", data_dir, mode=mode, shot=shot,
-                                                   gallery_trials=gallery_trials) for mode in modes}
-    splits = load_test_splits("regdb", data_dir, trial=trial, directions=tuple(directions))
-    return {s.name: [s] for s in splits}
-
-
-def evaluate(model, dataset: str, data_dir: str, *, device: torch.device, trial: Optional[int] = None,
-             modes=("all",), shot: int = 1, gallery_trials: int = 10,
-             directions=("visible2thermal", "thermal2visible"), img_h: int = 288, img_w: int = 144,
-             cache=None, batch_size: int = 128, workers: int = 2, flip: bool = False, amp: bool = False,
-             keep_distmats: bool = False, progress: bool = True) -> Dict:
-    """Run the test protocol and return ``{protocol: {"splits": {...}, "mean": {...}, "std": {...}}}``.
-
-    Every distinct test image is embedded once (SYSU galleries of different trials share images).
-    Metrics are in percent: r1, r5, r10, r20, mAP, mINP. With ``keep_distmats`` each protocol also
-    holds ``"_splits"`` (TestSplit objects) and ``"_distmats"`` for visualisation.
-    """
-    protocols = _protocols(dataset, data_dir, trial, modes, shot, gallery_trials, directions)
+def protocol_features(model, protocols: Dict[str, List[TestSplit]], *, device: torch.device, img_h: int = 288,
+                      img_w: int = 144, cache=None, batch_size: int = 128, workers: int = 2, flip: bool = False,
+                      amp: bool = False, progress: bool = True) -> Dict[str, torch.Tensor]:
+    """Feature (D,) of every distinct test image of ``protocols``, by path; each image is embedded once
+    (the galleries of different trials and directions share images)."""
     every = {s.path: s for splits in protocols.values() for sp in splits for s in sp.query + sp.gallery}
     feats: Dict[str, torch.Tensor] = {}
     for modality in ("rgb", "ir"):
@@ -69,26 +68,57 @@ def evaluate(model, dataset: str, data_dir: str, *, device: torch.device, trial:
                                  batch_size=batch_size, workers=workers, flip=flip, amp=amp,
                                  desc=f"test {modality}", progress=progress)
             feats.update(zip((s.path for s in samples), f))
+    return feats
+
+
+def score_protocols(dataset: str, protocols: Dict[str, List[TestSplit]], feats: Dict[str, torch.Tensor],
+                    rerank=None, keep_distmats: bool = False) -> Dict:
+    """``{protocol: {"splits": {split: metrics}, "mean": {...}, "std": {...}, "_cmcs": [...]}}``.
+
+    ``_cmcs`` holds the (20,) CMC of every split (for the mean CMC curve); with ``keep_distmats`` each
+    protocol also holds ``"_splits"`` (TestSplit objects) and ``"_distmats"``. Keys starting with ``_``
+    are for pictures only and are left out of result files. ``rerank``: see :func:`distance_matrix`.
+    """
     results = {}
     for name, splits in protocols.items():
-        per_split, distmats = {}, []
+        per_split, distmats, cmcs = {}, [], []
         for sp in splits:
             q = torch.stack([feats[s.path] for s in sp.query])
             g = torch.stack([feats[s.path] for s in sp.gallery])
-            per_split[sp.name], dm = split_metrics(dataset, sp, q, g)
+            dm = distance_matrix(q, g, rerank)
+            per_split[sp.name], cmc = split_metrics(dataset, sp, dm)
             distmats.append(dm if keep_distmats else None)
-        results[name] = {"splits": per_split, **summarize(per_split)}
+            cmcs.append(cmc)
+        results[name] = {"splits": per_split, **summarize(per_split), "_cmcs": cmcs}
         if keep_distmats:
             results[name].update(_splits=splits, _distmats=distmats)
     return results
 
 
-def format_results(results: Dict) -> List[str]:
-    """Human-readable lines: one per split and a mean ± std line per protocol."""
+def evaluate(model, dataset: str, data_dir: str, *, device: torch.device, trial: Optional[int] = None,
+             modes=("all",), shot: int = 1, gallery_trials: Optional[int] = None, directions=None,
+             img_h: int = 288, img_w: int = 144, cache=None, batch_size: int = 128, workers: int = 2,
+             flip: bool = False, amp: bool = False, keep_distmats: bool = False, progress: bool = True) -> Dict:
+    """Run the test protocol and return ``{protocol: {"splits": {...}, "mean": {...}, "std": {...}}}``.
+
+    Protocols and their options as :func:`data.datasets.load_protocols` (``gallery_trials`` None = the
+    dataset's, ``directions`` None = all of them). Metrics are in percent: r1, r5, r10, r20, mAP, mINP.
+    With ``keep_distmats`` each protocol also holds ``"_splits"`` and ``"_distmats"`` for visualisation.
+    """
+    protocols = load_protocols(dataset, data_dir, trial=trial, modes=tuple(modes), shot=shot,
+                               gallery_trials=gallery_trials, directions=directions)
+    feats = protocol_features(model, protocols, device=device, img_h=img_h, img_w=img_w, cache=cache,
+                              batch_size=batch_size, workers=workers, flip=flip, amp=amp, progress=progress)
+    return score_protocols(dataset, protocols, feats, keep_distmats=keep_distmats)
+
+
+def format_results(results: Dict, label: str = "") -> List[str]:
+    """Human-readable lines: one per split and a mean ± std line per protocol, each prefixed by
+    ``label`` (e.g. ``"[re-ranked] "``)."""
     lines = []
     for name, res in results.items():
         for split, m in res["splits"].items():
-            lines.append(f"{name} {split}: " + "  ".join(f"{k} {v:.2f}" for k, v in m.items()))
+            lines.append(f"{label}{name} {split}: " + "  ".join(f"{k} {v:.2f}" for k, v in m.items()))
         mean, std = res["mean"], res["std"]
-        lines.append(f"{name} MEAN: " + "  ".join(f"{k} {mean[k]:.2f}±{std[k]:.2f}" for k in mean))
+        lines.append(f"{label}{name} MEAN: " + "  ".join(f"{k} {mean[k]:.2f}±{std[k]:.2f}" for k in mean))
     return lines

@@ -1,8 +1,7 @@
 """Batched, no-grad feature extraction through the stem of each image's modality."""
 from __future__ import annotations
 
-import contextlib
-from typing import Optional, Sequence
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +12,8 @@ from tqdm import tqdm
 from data.images import ImageDataset
 from data.sample import RGB, Sample
 from data.transforms import build_test_transform
+from model import input_memory_format
+from utils.device import AmpMode, autocast
 
 
 @torch.no_grad()
@@ -39,12 +40,15 @@ def embed_batch(model: nn.Module, x: torch.Tensor, modality: str, flip: bool = F
 def extract_features(model: nn.Module, samples: Sequence[Sample], *, device: torch.device,
                      img_h: int = 288, img_w: int = 144, interpolation: str = "lanczos", cache=None,
                      batch_size: int = 128, workers: int = 2, flip: bool = False,
-                     renormalize: bool = True, amp: bool = False, desc: str = "features",
-                     progress: bool = True) -> torch.Tensor:
-    """Features of ``samples`` (all of one modality) as a float32 CPU tensor (N, D), in order.
+                     renormalize: bool = True, amp: AmpMode = "off", desc: str = "features",
+                     progress: bool = True, out_device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+    """Features of ``samples`` (all of one modality) as a float32 tensor (N, D) on ``out_device``, in order.
 
     rgb samples go through the rgb stem, ir samples through the ir stem. The model is put in eval
-    mode and restored to its previous mode afterwards.
+    mode and restored to its previous mode afterwards. ``amp`` is an ``--amp`` value ("off", "bf16",
+    "fp16", or the old bool switch: True = bf16 where supported, see utils.device.amp_dtype); the
+    features are float32 whatever it is. ``out_device=device`` keeps them on the GPU (stage 1 clusters
+    them there); a model in channels_last gets channels_last batches.
     """
     if not samples:
         raise ValueError(f"extract_features: no {desc} images")
@@ -54,18 +58,19 @@ def extract_features(model: nn.Module, samples: Sequence[Sample], *, device: tor
     modality = modalities.pop()
     ds = ImageDataset(list(samples), build_test_transform(), h=img_h, w=img_w,
                       interpolation=interpolation, cache=cache)
+    cast = autocast(amp, device)  # validates amp for the device before any image is read
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
+    fmt = input_memory_format(model)
     was_training = model.training
     model.eval()
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.float16)
-                if amp and device.type == "cuda" else contextlib.nullcontext())
     out = []
     try:
         for imgs, _, _, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
-            with autocast:
-                f = embed_batch(model, imgs.to(device, non_blocking=True), modality, flip, renormalize)
-            out.append(f.float().cpu())
+            x = imgs.to(device, non_blocking=True, memory_format=fmt)
+            with cast:
+                f = embed_batch(model, x, modality, flip, renormalize)
+            out.append(f.float().to(out_device, non_blocking=False))
     finally:
         model.train(was_training)
     return torch.cat(out)

@@ -17,12 +17,12 @@ from data.datasets import load_train
 from data.sample import IR, RGB, DataError, pids_of
 from data.transforms import build_train_transforms
 from memory.gmm import clean_probabilities
-from model import build_model
+from model import build_model, to_channels_last
 from model.agw import param_groups_stage2
 from utils.artifacts import align_to_samples, find_artifact, load_artifact, relative_paths
 from utils.checkpoint import (check_compatible, load_checkpoint, load_model_state, make_checkpoint,
                               save_checkpoint)
-from utils.device import unwrap
+from utils.device import configure_backends, grad_scaler, optimizer_step, unwrap
 from utils.distributed import (barrier, debug_dump, decorrelate_rng, run_on_main, state_digest,
                                sync_buffers, wrap_model)
 from utils.evaluation import evaluate, format_results
@@ -87,17 +87,26 @@ def training_data(args, ctx) -> Dict:
     ctx.logger.info(f"stage-2 training set: {len(data['rgb'])} rgb / {len(data['ir'])} ir images, "
                     f"{data['num_classes']} classes, {len(shared)} with both modalities (trained on)")
     if len(shared) < args.batch_ids:
+        other = "" if args.matching == "hungarian" else "try --matching hungarian, "
         raise DataError(f"the matching left only {len(shared)} infrared clusters with a visible partner, fewer "
-                        f"than --batch-ids {args.batch_ids}: train stage 1 longer, try --matching hungarian, "
-                        "or lower --batch-ids")
+                        f"than --batch-ids {args.batch_ids}: train stage 1 longer, {other}or lower --batch-ids")
     return data
 
 
-def build_stage2_model(args, ctx, num_classes: int):
-    """The network: stage-1 weights (--init baseline) or --pretrained backbone (--init imagenet)."""
+def stage1_checkpoint(args, ctx) -> Dict:
+    """The --resume_net1 checkpoint, checked before any work: a stage-1 checkpoint of this dataset,
+    trial and --arch (its artifact is looked up next to it later)."""
     # Rank 0 reads and broadcasts: the other ranks need not see the file (multi-node without shared storage).
     ckpt = run_on_main(lambda: load_checkpoint(args.resume_net1, flag="--resume_net1"), ctx.dist)
+    if ckpt.get("stage") != "baseline":
+        raise DataError(f"--resume_net1 {args.resume_net1} is a stage-2 checkpoint; give the stage-1 one "
+                        "(logs/<dataset>/baseline/final.pth)")
     check_compatible(ckpt, args.resume_net1, arch=args.arch, dataset=args.dataset, trial=args.trial)
+    return ckpt
+
+
+def build_stage2_model(args, ctx, num_classes: int, ckpt: Dict):
+    """The network: stage-1 weights (--init baseline) or --pretrained backbone (--init imagenet)."""
     pretrained = args.pretrained if args.init == "imagenet" else "none"
     model = build_model(arch=args.arch, num_classes=num_classes, pretrained=pretrained)
     if args.init == "baseline":
@@ -105,8 +114,10 @@ def build_stage2_model(args, ctx, num_classes: int):
     return model.to(ctx.device)
 
 
-def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch: int) -> Dict[str, float]:
-    """One pass of the cross-modal identity sampler with the loss of F.6 (warm-up: plain CE)."""
+def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch: int,
+                scaler=None) -> Dict[str, float]:
+    """One pass of the cross-modal identity sampler with the loss of F.6 (warm-up: plain CE); optimizer
+    steps go through ``scaler`` under ``--amp fp16``."""
     from tqdm import tqdm
 
     warm = epoch < args.warm_epochs
@@ -117,7 +128,7 @@ def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch
                desc="warm-up" if warm else "train", leave=False, disable=not ctx.dist.is_main)
     for it, batch in enumerate(bar):
         # The losses see the global batch (triplet negatives come from every rank's identities).
-        o = gather_outputs(forward_batch(model, batch, ctx.device), ctx.dist)
+        o = gather_outputs(forward_batch(model, batch, ctx.device, args.amp), ctx.dist)
         if warm:
             losses = {"id": torch.nn.functional.cross_entropy(o["logits"], torch.cat([o["y"], o["y"], o["z"]]))}
         else:
@@ -126,10 +137,8 @@ def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch
         if not torch.isfinite(loss):
             raise DataError(f"the loss became {float(loss)} at epoch {epoch} iteration {it}; stopped, the last "
                             f"good checkpoint is {os.path.join(ctx.run_dir, 'last.pth')} — lower --lr and --resume")
-        optimizer.zero_grad(set_to_none=True)
         # Gradient reaches only the local rows and DDP averages over ranks: scale back to the global gradient.
-        (loss * ctx.dist.world_size if ctx.dist.enabled else loss).backward()
-        optimizer.step()
+        optimizer_step(loss * ctx.dist.world_size if ctx.dist.enabled else loss, optimizer, scaler)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         if (it + 1) % args.print_freq == 0:  # running means, as stage 1 shows them
@@ -149,25 +158,34 @@ def clean_probs(model, dataset, data, args, ctx, epoch: int) -> Dict[str, torch.
 def run_mmm(args) -> str:
     """The whole of stage 2; returns the run directory."""
     ctx = prepare_run(args, "mmm", last_checkpoint="last.pth")
+    configure_backends(ctx.device, args.amp)
+    stage1 = stage1_checkpoint(args, ctx)
     data = training_data(args, ctx)
-    model = build_stage2_model(args, ctx, data["num_classes"])
+    model = build_stage2_model(args, ctx, data["num_classes"], stage1)
     optimizer = torch.optim.SGD(param_groups_stage2(model, args.lr), lr=args.lr, momentum=0.9,
                                 weight_decay=args.weight_decay, nesterov=True)
     dim, n_cls = unwrap(model).dim, data["num_classes"]
     protos = {k: torch.zeros(n_cls, dim, device=ctx.device) for k in ("v1", "v2", "ir")}
     start, best = resume(model, optimizer, protos, args, ctx)
-    model = wrap_model(model, ctx.dist, ctx.device, sync_bn=args.sync_bn)
+    if args.channels_last:
+        to_channels_last(model)
+    # One GPU without torchrun, as released: DataParallel would split the mixed batch and change
+    # each stem's BatchNorm statistics.
+    model = wrap_model(model, ctx.dist, ctx.device, sync_bn=args.sync_bn, data_parallel=False)
+    if not ctx.dist.enabled and ctx.device.type == "cuda" and torch.cuda.device_count() > 1:
+        ctx.logger.warning(f"stage 2 trains on one GPU ({ctx.device}) as released; use torchrun for several")
     decorrelate_rng(args.seed, ctx.dist)
+    scaler = grad_scaler(args.amp, ctx.device)  # float16 only
     dataset = paired_dataset(data, build_train_transforms(args.img_h, args.img_w), args, ctx.cache(args, "lanczos"))
     for epoch in range(start, args.epochs):
         timer, lr = Timer(), set_lr(optimizer, epoch, args.lr)
-        record: Dict = {"epoch": epoch, "lr": lr}
+        record: Dict = {"epoch": epoch + 1, "lr": lr}  # epochs 1-based for people
         probs = None
         if epoch >= args.warm_epochs:
             probs = clean_probs(model, dataset, data, args, ctx, epoch)
             record.update({f"clean_{k}_mean": float(v.mean()) for k, v in probs.items()})
             record.update({f"clean_{k}_above_half": float((v > 0.5).float().mean()) for k, v in probs.items()})
-        record.update(train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch))
+        record.update(train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch, scaler))
         if probs is not None:
             protos = prototype_pass(model, dataset, identity_pass(data, args, ctx, epoch), probs, protos, args, ctx)
         best = end_of_epoch(model, optimizer, protos, record, best, args, ctx, timer)
@@ -183,10 +201,20 @@ def eval_options(args) -> Dict:
                 batch_size=args.test_batch, workers=args.workers, flip=args.flip, amp=args.amp, progress=False)
 
 
+def evaluation_due(epoch: int, eval_step: int, epochs: int) -> bool:
+    """Whether stage 2 evaluates after 1-based ``epoch``: every ``eval_step`` epochs and after the last
+    (0 = never). As released, the first epoch is not evaluated, so it can never be chosen as best,
+    unless it is the last one."""
+    if eval_step <= 0:
+        return False
+    return epoch == epochs or (epoch > 1 and epoch % eval_step == 0)
+
+
 def end_of_epoch(model, optimizer, protos, record, best, args, ctx, timer) -> float:
-    """Evaluate (every --eval-step, trial-0 gallery as released), checkpoint, log; returns the best Rank-1."""
-    epoch = record["epoch"]
-    due = args.eval_step > 0 and ((epoch + 1) % args.eval_step == 0 or epoch + 1 == args.epochs)
+    """Evaluate (when :func:`evaluation_due`, trial-0 gallery as released), checkpoint, log; returns the
+    best Rank-1."""
+    epoch = record["epoch"]  # 1-based
+    due = evaluation_due(epoch, args.eval_step, args.epochs)
     is_best = False
     if due and ctx.dist.is_main:
         results = evaluate(unwrap(model), args.dataset, args.data_dir, device=ctx.device,
@@ -199,15 +227,16 @@ def end_of_epoch(model, optimizer, protos, record, best, args, ctx, timer) -> fl
         is_best, best = r1 > best, max(best, r1)
     record["seconds"] = timer()
     sync_buffers(model, ctx.dist)  # all ranks hold the state that rank 0 saves
-    debug_dump(f"stage2_e{epoch}_model", {**state_digest(model), **protos}, ctx.dist)
+    debug_dump(f"stage2_e{epoch - 1}_model", {**state_digest(model), **protos}, ctx.dist)  # 0-based tags
     if ctx.dist.is_main:
         ckpt = make_checkpoint(model, stage="mmm", phase="train", dataset=args.dataset, trial=args.trial,
                                epoch=epoch, args=vars(args), optimizer=optimizer, metrics=record,
                                best_metric=best, extra={"prototypes": {k: v.cpu() for k, v in protos.items()}})
-        for name in ("last.pth", "best.pth") if is_best else ("last.pth",):
-            save_checkpoint(ckpt, os.path.join(ctx.run_dir, name), ctx.dist)
+        save_checkpoint(ckpt, os.path.join(ctx.run_dir, "last.pth"), ctx.dist)
+        if is_best:  # weights and prototypes only: resuming reads last.pth
+            save_checkpoint(dict(ckpt, optimizer=None), os.path.join(ctx.run_dir, "best.pth"), ctx.dist)
         append_metrics(ctx.run_dir, record)
-    ctx.logger.info(f"[mmm {epoch + 1}/{args.epochs}] lr {record['lr']:.4f} " +
+    ctx.logger.info(f"[mmm {epoch}/{args.epochs}] lr {record['lr']:.4f} " +
                     "  ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("loss_", "clean_"))) +
                     f"  {record['seconds']:.0f}s" + ("  (best)" if is_best else ""))
     return best
@@ -228,5 +257,6 @@ def resume(model, optimizer, protos, args, ctx):
         protos[k].copy_(v)
     if ctx.dist.is_main and ckpt.get("metrics"):
         restore_metrics(ctx.run_dir, ckpt["metrics"])
-    ctx.logger.info(f"resumed from {last} (epoch {ckpt['epoch']})")
-    return ckpt["epoch"] + 1, ckpt.get("best_metric") or -1.0
+    ctx.logger.info(f"resumed from {last}: epoch {ckpt['epoch']} was complete, continuing with epoch "
+                    f"{ckpt['epoch'] + 1}")
+    return ckpt["epoch"], ckpt.get("best_metric") or -1.0

@@ -12,7 +12,8 @@ from data.images import ImageDataset, PairedDataset
 from data.samplers import CrossModalIdentitySampler, FullPassSampler
 from memory.prototypes import PrototypeAccumulator
 from model.losses import batch_hard_triplet, intra_modality_loss, inter_modality_loss, soft_id_loss
-from utils.device import replica_order
+from model import input_memory_format
+from utils.device import AmpMode, autocast, replica_order
 from utils.distributed import gather_keep_grad
 
 
@@ -39,10 +40,38 @@ def paired_dataset(data, transforms, args, cache) -> PairedDataset:
                          ImageDataset(data["ir"], ir_tf, labels=data["labels_ir"], **kw))
 
 
+class _CurrentBatches:
+    """Batch sampler of a persistent DataLoader: iterates whichever sampler :func:`loader` set last.
+
+    Samplers run in the main process, so swapping this object's ``sampler`` between passes is seen by
+    the next ``iter(loader)`` while the worker processes (and their open files) stay alive.
+    """
+
+    def __init__(self):
+        self.sampler = None
+
+    def __iter__(self):
+        return iter(self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def loader(dataset, sampler, args, device) -> DataLoader:
-    """DataLoader over a batch sampler of (i_rgb, i_ir) pairs."""
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers,
-                      pin_memory=device.type == "cuda")
+    """DataLoader over a batch sampler of (i_rgb, i_ir) pairs.
+
+    With workers, one DataLoader per dataset is kept (``dataset.feed``) with persistent workers: stage 2
+    makes three passes per epoch over the same dataset, and restarting the workers for each would cost
+    their start-up every pass. Batches are pinned on CUDA for asynchronous copies.
+    """
+    kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
+    if args.workers == 0:
+        return DataLoader(dataset, batch_sampler=sampler, **kw)
+    if getattr(dataset, "feed", None) is None:
+        batches = _CurrentBatches()
+        dataset.feed = (DataLoader(dataset, batch_sampler=batches, persistent_workers=True, **kw), batches)
+    dataset.feed[1].sampler = sampler
+    return dataset.feed[0]
 
 
 def full_pass(data, args, ctx, epoch: int) -> FullPassSampler:
@@ -62,12 +91,18 @@ def identity_pass(data, args, ctx, epoch: int) -> CrossModalIdentitySampler:
     return s
 
 
-def forward_batch(model, batch, device) -> Dict[str, torch.Tensor]:
-    """One mixed forward of (view1, view2, ir): pooled features a, b, t, logits, labels y, z, indices."""
+def forward_batch(model, batch, device, amp: AmpMode = "off") -> Dict[str, torch.Tensor]:
+    """One mixed forward of (view1, view2, ir): pooled features a, b, t, logits, labels y, z, indices.
+
+    ``amp`` (an ``--amp`` value) autocasts the network only; features and logits come back float32, so
+    the losses, the prototypes and the clean-probability losses are computed in float32.
+    """
     (v1, v2), y, _, i_rgb, t, z, _, i_ir = batch
-    x_rgb = torch.cat([v1, v2]).to(device, non_blocking=True)
-    out = model(x_rgb=x_rgb, x_ir=t.to(device, non_blocking=True))
-    pool, logits = out.pool, out.logits
+    fmt = input_memory_format(model)
+    x_rgb = torch.cat([v.to(device, non_blocking=True, memory_format=fmt) for v in (v1, v2)])
+    with autocast(amp, device):
+        out = model(x_rgb=x_rgb, x_ir=t.to(device, non_blocking=True, memory_format=fmt))
+    pool, logits = out.pool.float(), out.logits.float()
     order = replica_order(len(x_rgb), len(t), model)
     if order is not None:
         pool, logits = pool[order.to(pool.device)], logits[order.to(pool.device)]
@@ -118,7 +153,7 @@ def per_sample_losses(model, dataset, sampler, args, ctx, n_rgb: int, n_ir: int)
     dev = ctx.device
     loss = {k: torch.full((n,), -1.0, device=dev) for k, n in (("v1", n_rgb), ("v2", n_rgb), ("ir", n_ir))}
     for batch in loader(dataset, sampler, args, dev):
-        o = forward_batch(model, batch, dev)
+        o = forward_batch(model, batch, dev, args.amp)
         n = len(o["a"])
         ce = F.cross_entropy(o["logits"], torch.cat([o["y"], o["y"], o["z"]]), reduction="none")
         rows = {"v1": (o["i_rgb"], ce[:n]), "v2": (o["i_rgb"], ce[n:2 * n]), "ir": (o["i_ir"], ce[2 * n:])}
@@ -137,7 +172,7 @@ def prototype_pass(model, dataset, sampler, probs, old, args, ctx) -> Dict[str, 
     dev = ctx.device
     acc = {k: PrototypeAccumulator(old[k].shape[0], old[k].shape[1], device=dev) for k in old}
     for batch in loader(dataset, sampler, args, dev):
-        o = forward_batch(model, batch, dev)
+        o = forward_batch(model, batch, dev, args.amp)
         acc["v1"].add(o["a"].float(), o["y"], probs["v1"][o["i_rgb"]])
         acc["v2"].add(o["b"].float(), o["y"], probs["v2"][o["i_rgb"]])
         acc["ir"].add(o["t"].float(), o["z"], probs["ir"][o["i_ir"]])

@@ -4,6 +4,8 @@ from __future__ import annotations
 import glob
 import os
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -58,6 +60,7 @@ def prepare_run(args, stage: str, last_checkpoint: str) -> RunContext:
     dist = init_distributed(args)
     device = dist.device if dist.enabled else resolve_device(args.device)
     run_dir = run_dir_for(args, stage)
+    run_on_main(lambda: check_writable(run_dir, "--output-dir"), dist)  # before any work, not at the first save
     # Rank 0 looks and tells the others: every rank then takes the same branch, even when rank 0
     # has already created files or the other ranks do not see rank 0's file system.
     existing = run_on_main(lambda: os.path.exists(os.path.join(run_dir, last_checkpoint)), dist)
@@ -66,7 +69,11 @@ def prepare_run(args, stage: str, last_checkpoint: str) -> RunContext:
                         "or choose another --output-dir")
     logger = setup_logger(run_dir, stage, enabled=dist.is_main)
     if dist.is_main:
-        write_args(run_dir, run_record(args))
+        record = run_record(args)
+        # log.txt collects every start of the run (a failed attempt, its corrected rerun, --resume): mark each
+        logger.info(f"==== start {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)} "
+                    f"(code {record['code_version'][:12]})")
+        write_args(run_dir, record)
         remove_orphan_temps(run_dir, logger)
     # Same seed on every rank: samplers generate identical global batches and slice them per rank.
     seed_everything(args.seed)
@@ -80,6 +87,21 @@ def prepare_run(args, stage: str, last_checkpoint: str) -> RunContext:
                 f"run dir {run_dir}, image cache {cache_dir or 'none (decoding images)'}"
                 f"{', resuming' if existing else ''}")
     return RunContext(run_dir=run_dir, device=device, logger=logger, dist=dist, cache_dir=cache_dir)
+
+
+def check_writable(folder: str, flag: str) -> None:
+    """Create ``folder`` and write a probe file in it.
+
+    Raises:
+        DataError: naming ``flag`` and the reason (read-only file system, permissions, a file in the way).
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe_"):
+            pass
+    except OSError as err:
+        raise DataError(f"{flag}: cannot write into {folder} ({err.strerror or err}); choose a writable "
+                        f"{flag}") from None
 
 
 def code_version() -> str:

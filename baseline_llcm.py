@@ -1,0 +1,11 @@
+"""Stage 1 on LLCM: intra-modality then joint cluster-contrast training; writes the
+checkpoint and the pseudo-label artifact that main.py (stage 2) starts from.
+
+    python baseline_llcm.py --data-dir D [--device cuda] [--resume]
+"""
+import sys
+
+from utils.cli import baseline_main, run_cli
+
+if __name__ == "__main__":
+    sys.exit(run_cli(lambda argv: baseline_main("llcm", argv)))

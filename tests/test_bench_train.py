@@ -1,0 +1,151 @@
+"""scripts/bench_train.py (runs on the CPU at small size, writes its JSON, estimates from its parts with the
+documented formula) and scripts/gpu_check.sh (bash syntax; every command line accepted by the real parser
+of the program it calls)."""
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+import torch
+
+from data.sample import DataError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GPU_CHECK = os.path.join(ROOT, "scripts", "gpu_check.sh")
+
+
+def _load(rel: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, rel))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load("scripts/bench_train.py", "bench_train_under_test")
+
+
+def test_bench_runs_small_on_cpu_and_writes_json(bench, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    result = bench.main(["--device", "cpu", "--amp-modes", "off", "--loader-images", "6",
+                         "--workdir", str(tmp_path / "work"), "--out", str(out), "--workers", "4"])
+    saved = json.load(open(out))
+    assert saved["size"] == "small" and saved["device"] == "cpu" and saved["workers"] == 4
+    for state in ("decoded", "cached"):
+        assert {"stage1_rgb", "stage1_ir", "stage1", "stage2"} == set(saved["loader"][state])
+        assert all(v > 0 for v in saved["loader"][state].values())
+    assert set(saved["model"]) == {"off", "off+cl"}
+    for row in saved["model"].values():
+        assert {"stage1_step", "stage2_step", "stage2_forward", "extract_images_per_s"} == set(row)
+        assert all(v > 0 for v in row.values())
+    assert set(saved["cluster"]) == {"rgb", "ir", "joint"}
+    assert saved["cluster"]["joint"]["n"] == saved["cluster"]["rgb"]["n"] + saved["cluster"]["ir"]["n"]
+    assert all(row["clusters"] > 0 for row in saved["cluster"].values())
+    assert set(saved["estimate"]) == {f"{m} {s}" for m in saved["model"] for s in ("decoded", "cached")}
+    assert saved == json.loads(json.dumps(result))
+    text = capsys.readouterr().out
+    assert "images/s on one core" in text and "NOT an estimate" in text  # small sizes say so
+
+
+def test_estimate_formula(bench):
+    """The documented formula, checked on round numbers: a GPU-bound and a loader-bound case."""
+    loader = {"cached": {"stage1_rgb": 1000.0, "stage1_ir": 1000.0, "stage2": 1000.0}}
+    model = {"off": {"stage1_step": 0.5, "stage2_step": 0.1, "stage2_forward": 0.05, "extract_images_per_s": 1000.0}}
+    cluster = {"rgb": {"seconds": 3.0}, "ir": {"seconds": 1.0}, "joint": {"seconds": 6.0}}
+    s = bench.SYSU
+    x = (s["n_rgb"] + s["n_ir"]) / 1000.0
+    est = bench.estimate(loader, model, cluster, workers=8)["off cached"]
+    stage1 = 50 * (200 * 0.5 + x + 4) + 50 * (400 * 0.5 + x + 4 + 6) + 100 * s["test1"] / 1000 + x + 4
+    stage2 = 100 * (s["pass2"] * 0.1 + s["test2"] / 2000) + 95 * 2 * s["pass2"] * 0.05
+    assert est["stage1_h"] == pytest.approx(stage1 / 3600) and est["stage2_h"] == pytest.approx(stage2 / 3600)
+    assert not est["loader_bound"]
+    slow = bench.estimate({"cached": {k: 10.0 for k in loader["cached"]}}, model, cluster, workers=1)["off cached"]
+    assert slow["loader_bound"] and slow["stage1_h"] > est["stage1_h"] * 10  # 25.6 s per batch of 256 images
+
+
+def test_bench_refuses_fp16_on_cpu(bench, tmp_path):
+    with pytest.raises(DataError, match="fp16"):
+        bench.main(["--device", "cpu", "--amp-modes", "fp16", "--parts", "step", "--out", ""])
+
+
+# ------------------------------------------------------------------------------------------------ gpu_check.sh
+def test_gpu_check_bash_syntax():
+    assert subprocess.run(["bash", "-n", GPU_CHECK], capture_output=True).returncode == 0
+
+
+def _gpu_check_calls():
+    """(target, argv) of every ``run NAME CAP "$PY" ...`` line, with "${TINY[@]}" expanded and variables
+    replaced by placeholders."""
+    text = open(GPU_CHECK).read().replace("\\\n", " ")
+    tiny = shlex.split(re.search(r"^TINY=\((.*)\)$", text, flags=re.M).group(1))
+    calls = []
+    for name, cap, rest in re.findall(r'^run (\w+) (\d+) "\$PY" (.*)$', text, flags=re.M):
+        rest = rest.replace('"${TINY[@]}"', " ".join(tiny))
+        argv = shlex.split(re.sub(r"\$\{?(\w+)\}?", r"<\1>", rest))
+        calls.append((name, int(cap), argv))
+    return calls
+
+
+def test_gpu_check_command_lines_parse():
+    from utils.args import baseline_parser, mmm_parser, parse
+
+    test_entry = _load("test.py", "gpu_check_test_entry")
+    calls = _gpu_check_calls()
+    assert [c[0] for c in calls] == ["gpu_tests", "data", "stage1", "stage2", "test", "bench"]
+    parsed = {}
+    for name, cap, argv in calls:
+        target, rest = argv[0], argv[1:]
+        if target == "-m":
+            assert rest[:3] == ["pytest", "-q", "-m"] and rest[3] == "gpu"
+            assert re.search(r"^\s+gpu:", open(os.path.join(ROOT, "pytest.ini")).read(), flags=re.M)
+        elif target == "baseline_sysu.py":
+            parsed[name] = parse(baseline_parser("sysu"), rest, dataset="sysu")
+        elif target == "main.py":
+            parsed[name] = parse(mmm_parser(), rest)
+        elif target == "test.py":
+            parsed[name] = parse(test_entry.build_parser(), rest)
+        else:
+            parsed[name] = _load(target, f"gpu_check_{name}").build_parser().parse_args(rest)
+    for stage in ("stage1", "stage2", "test"):
+        assert parsed[stage].device == "cuda" and parsed[stage].amp == "bf16"
+    assert parsed["stage1"].channels_last
+    assert parsed["stage2"].resume_net1 == "<LOGS>/sysu/baseline/final.pth"
+    assert parsed["test"].resume_net1 == "<LOGS>/sysu/mmm/best.pth"
+    assert parsed["bench"].device == "cuda" and parsed["bench"].size == "real"
+    budget = int(re.search(r"^BUDGET=(\d+)", open(GPU_CHECK).read(), flags=re.M).group(1))
+    assert budget <= 480  # the promised 8 minutes
+
+
+# ------------------------------------------------------------------------------------------------ loaders
+class _Pairs(torch.utils.data.Dataset):
+    """Returns its (i_rgb, i_ir) index as a tensor: what a batch held is then visible."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        return torch.tensor(index)
+
+
+def test_stage2_loader_keeps_its_workers_across_passes():
+    """utils.mmm_steps.loader: with workers one persistent DataLoader per dataset serves every pass, each
+    pass iterating the sampler it was given; without workers a plain loader per pass."""
+    import argparse
+
+    from utils.mmm_steps import loader
+
+    ds, cpu = _Pairs(), torch.device("cpu")
+    passes = [[[(0, 1), (2, 3)], [(4, 5)]], [[(6, 7)], [(8, 9), (1, 0)]]]
+    seen, loaders = [], []
+    for sampler in passes:
+        dl = loader(ds, sampler, argparse.Namespace(workers=2), cpu)
+        loaders.append(dl)
+        seen.append([b.tolist() for b in dl])
+    assert loaders[0] is loaders[1] and loaders[0].persistent_workers and loaders[0].num_workers == 2
+    assert seen == [[[list(p) for p in batch] for batch in sampler] for sampler in passes]
+    plain = loader(_Pairs(), passes[0], argparse.Namespace(workers=0), cpu)
+    assert not plain.persistent_workers and [b.tolist() for b in plain] == seen[0]
