@@ -14,7 +14,7 @@ def main(argv=None):
     from utils.args import mmm_parser, parse
 
     args = parse(mmm_parser(), argv)
-    from utils.mmm import run_mmm  # after parsing, so that --help stays fast
+    from utils.train.stage2 import run_mmm  # after parsing, so that --help stays fast
 
     run_mmm(args)
 

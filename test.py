@@ -107,7 +107,7 @@ def evaluate_checkpoint(args, path: str, trial, device, rerank):
     from data.images import ImageCache, default_cache_dir
     from model import build_model
     from utils.checkpoint import check_compatible, load_checkpoint, load_model_state
-    from utils.evaluation import protocol_features, score_protocols
+    from utils.evaluation.protocols import protocol_features, score_protocols
 
     protocols = load_protocols(args.dataset, args.data_dir, trial=trial, modes=(args.mode,), shot=args.shot,
                                gallery_trials=args.gallery_trials, directions=requested_directions(args))
@@ -135,7 +135,7 @@ def write_pictures(results, reranked, out_base: str, n: int, dataset: str) -> No
 
     from data.sample import cams_of, paths_of, pids_of
     from data.specs import SPECS
-    from utils.visualize import save_cmc_curve, save_rank_grid
+    from utils.evaluation.visualize import save_cmc_curve, save_rank_grid
 
     spec = SPECS[dataset]
     curves, spreads = {}, {}
@@ -162,7 +162,7 @@ def report(args, path: str, trial, ckpt, results, reranked, rerank) -> dict:
     which :func:`utils.checkpoint.load_checkpoint` returns for old and new checkpoints alike.
     """
     from data.specs import SPECS
-    from utils.evaluation import format_results
+    from utils.evaluation.protocols import format_results
     from utils.runlog import write_json
 
     spec = SPECS[args.dataset]
@@ -199,7 +199,7 @@ def main(argv=None):
     from utils.args import parse
     from utils.device import configure_backends, resolve_device
     from utils.distributed import env_rank
-    from utils.evaluation import summarize
+    from utils.evaluation.protocols import summarize
     from utils.run import check_writable
 
     args = parse(build_parser(), argv)

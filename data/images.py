@@ -244,7 +244,7 @@ class PairedDataset(torch.utils.data.Dataset):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.pop("feed", None)  # a DataLoader the training loop keeps here (utils.mmm_steps.loader) stays home
+        state.pop("feed", None)  # a DataLoader the training loop keeps here (utils.train.stage2_steps.loader) stays home
         return state
 
     def __len__(self) -> int:

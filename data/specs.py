@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-# Gallery removal rules of the evaluation (implemented in utils.metrics):
+# Gallery removal rules of the evaluation (implemented in utils.evaluation.metrics):
 REMOVE_NONE = "none"                       # RegDB: nothing is removed
 REMOVE_SYSU_SAME_ROOM = "sysu_same_room"   # SYSU: a camera-3 query never sees camera 2 (same room)
 REMOVE_SAME_ID_SAME_CAM = "same_id_same_camera"  # LLCM: drop the query's identity in the query's camera

@@ -1,4 +1,4 @@
-"""Benchmark utils.metrics against a straightforward per-query reference and check equality.
+"""Benchmark utils.evaluation.metrics against a straightforward per-query reference and check equality.
 
 eval_sysu is timed over the 10 SYSU gallery trials and eval_regdb on one RegDB trial; the
 same inputs go through a per-query loop implementation, and both results must agree.
@@ -28,7 +28,7 @@ TOLERANCE = 1e-12
 def reference_eval(distmat, q_pids, g_pids, q_camids=None, g_camids=None, max_rank=20,
                    distinct=False) -> Tuple[np.ndarray, float, float]:
     """Per-query loop in the style of the released ``eval_sysu``/``eval_regdb``, with a stable
-    sort and a padded CMC (the behaviour utils.metrics documents). ``distinct`` selects the
+    sort and a padded CMC (the behaviour utils.evaluation.metrics documents). ``distinct`` selects the
     SYSU distinct-identity CMC; camids enable the SYSU cam-3/cam-2 removal."""
     order_all = np.argsort(distmat, axis=1, kind="stable")
     cmcs, aps, inps = [], [], []
@@ -148,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if REPO_ROOT not in sys.path:
         sys.path.insert(0, REPO_ROOT)
-    from utils.metrics import eval_regdb, eval_sysu
+    from utils.evaluation.metrics import eval_regdb, eval_sysu
 
     ensure_inputs(args.inputs, args.bench_features)
     sysu, regdb = load_inputs(args.inputs)

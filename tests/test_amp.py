@@ -15,9 +15,9 @@ import torch
 from data.sample import DataError
 from memory.cluster_memory import ClusterMemory
 from model import build_model, input_memory_format, to_channels_last
-from utils.baseline_steps import memory_step
+from utils.train.stage1_steps import memory_step
 from utils.device import amp_dtype, autocast, configure_backends, grad_scaler, optimizer_step
-from utils.mmm_steps import batch_losses, forward_batch
+from utils.train.stage2_steps import batch_losses, forward_batch
 
 CPU = torch.device("cpu")
 REL_TOL = 0.03
@@ -114,7 +114,7 @@ def test_configure_backends_leaves_a_cpu_run_alone(monkeypatch):
 
 def test_extract_features_refuses_fp16_on_cpu(tmp_path):
     from data.sample import Sample
-    from utils.features import extract_features
+    from utils.evaluation.features import extract_features
 
     model = build_model("resnet18", pretrained="none")
     with pytest.raises(DataError, match="--amp fp16"):

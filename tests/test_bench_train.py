@@ -132,11 +132,11 @@ class _Pairs(torch.utils.data.Dataset):
 
 
 def test_stage2_loader_keeps_its_workers_across_passes():
-    """utils.mmm_steps.loader: with workers one persistent DataLoader per dataset serves every pass, each
+    """utils.train.stage2_steps.loader: with workers one persistent DataLoader per dataset serves every pass, each
     pass iterating the sampler it was given; without workers a plain loader per pass."""
     import argparse
 
-    from utils.mmm_steps import loader
+    from utils.train.stage2_steps import loader
 
     ds, cpu = _Pairs(), torch.device("cpu")
     passes = [[[(0, 1), (2, 3)], [(4, 5)]], [[(6, 7)], [(8, 9), (1, 0)]]]

@@ -25,7 +25,7 @@ from torch import nn
 from data.sample import DataError
 from utils.distributed import (DEBUG_ENV, DistInfo, gather_keep_grad, mean_over_ranks, run_on_main,
                                sync_buffers)
-from utils.mmm_steps import batch_losses, gather_outputs
+from utils.train.stage2_steps import batch_losses, gather_outputs
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="needs torch.distributed with gloo")
@@ -49,7 +49,7 @@ class _Tiny(nn.Module):
 
 
 def _stage2_losses(model, v1, v2, t, y, idx, probs, protos, dist):
-    """batch_losses of a (local) batch through gather_outputs, as utils/mmm.train_epoch does."""
+    """batch_losses of a (local) batch through gather_outputs, as utils/train/stage2.train_epoch does."""
     pool, logits = model(torch.cat([v1, v2, t]))
     n = len(v1)
     o = dict(a=pool[:n], b=pool[n:2 * n], t=pool[2 * n:], logits=logits, y=y, z=y, i_rgb=idx, i_ir=idx)

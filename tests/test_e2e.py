@@ -562,7 +562,7 @@ def test_stage1_artifact_round_trip(e2e, synth):
     from model import build_model
     from utils.artifacts import align_to_samples, load_artifact, relative_paths
     from utils.checkpoint import load_checkpoint, load_model_state
-    from utils.features import extract_features
+    from utils.evaluation.features import extract_features
 
     s: Stage1 = e2e.get("sysu_stage1")
     assert_ok(s.resumed)

@@ -11,7 +11,7 @@ from utils.args import baseline_parser, mmm_parser, parse
 from utils.artifacts import align_to_samples, find_artifact, load_artifact, save_artifact
 from utils.checkpoint import (atomic_torch_save, check_compatible, load_checkpoint, load_model_state,
                               make_checkpoint)
-from utils.mmm_steps import stage2_lr
+from utils.train.stage2_steps import stage2_lr
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_parsers_aliases_and_dataset_defaults():
 
 
 def test_baseline_batch_size_checks(monkeypatch):
-    from utils.baseline import check_baseline_args
+    from utils.train.stage1 import check_baseline_args
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     ok = parse(baseline_parser("sysu"), ["--data-dir", "d", "-b", "24", "--num-instances", "4"], dataset="sysu")
     check_baseline_args(ok)

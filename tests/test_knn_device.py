@@ -61,9 +61,9 @@ def test_labels_with_device_equal_default(case):
 
 
 def test_cluster_epoch_clusters_where_the_features_are(monkeypatch):
-    """utils.baseline_steps.cluster_epoch passes the features' device to the clustering, and its labels are
+    """utils.train.stage1_steps.cluster_epoch passes the features' device to the clustering, and its labels are
     those of the plain numpy call."""
-    from utils import baseline_steps
+    from utils.train import stage1_steps as baseline_steps
 
     feats = {"rgb": torch.from_numpy(blobs(160, seed=3)), "ir": torch.from_numpy(blobs(120, seed=4))}
     args = argparse.Namespace(eps=0.5, k1=15, k2=4, k1_joint=20, k2_joint=8, knn="torch")
@@ -85,7 +85,7 @@ def test_cluster_epoch_clusters_where_the_features_are(monkeypatch):
 
 def test_build_memory_with_labels_from_numpy():
     """Memories are built from features on the training device and numpy labels (moved there)."""
-    from utils.baseline_steps import build_memory
+    from utils.train.stage1_steps import build_memory
 
     x = torch.from_numpy(blobs(60, seed=5))
     lab = np.r_[np.repeat(np.arange(5), 10), -np.ones(10, np.int64)]
@@ -140,7 +140,7 @@ def test_cuda_clustering_equals_cpu(case):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_stage1_clustering_and_memories_stay_on_the_gpu():
-    from utils import baseline_steps
+    from utils.train import stage1_steps as baseline_steps
 
     dev = torch.device("cuda")
     cpu_feats = {"rgb": torch.from_numpy(blobs(160, seed=3)), "ir": torch.from_numpy(blobs(120, seed=4))}

@@ -22,8 +22,8 @@ from data import datasets, llcm
 from data.sample import IR, RGB, DataError
 from data.specs import SPECS
 from data.synthetic_llcm import generate_llcm
-from utils import metrics
-from utils.metrics import eval_llcm, eval_protocol, eval_sysu
+from utils.evaluation import metrics
+from utils.evaluation.metrics import eval_llcm, eval_protocol, eval_sysu
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 32, 16
@@ -387,7 +387,7 @@ def test_every_dataset_is_wired_everywhere():
     assert parse(baseline_parser("sysu"), ["--data-dir", "D"], dataset="sysu").k1 == 30
     assert parse(baseline_parser("regdb"), ["--data-dir", "D", "--trial", "1"], dataset="regdb").k1 == 30
     assert parse(baseline_parser("llcm"), ["--data-dir", "D", "--k1", "12"], dataset="llcm").k1 == 12
-    from utils.visualize import REMOVAL_TEXT
+    from utils.evaluation.visualize import REMOVAL_TEXT
     for spec in SPECS.values():           # every removal rule has a metric and a legend text
         assert spec.removal in REMOVAL_TEXT
         eval_protocol(spec.removal, L_DIST, L_Q_PIDS, L_G_PIDS, L_Q_CAMS, L_G_CAMS)
@@ -429,11 +429,11 @@ def test_train_llcm_sh_lines_parse():
 # ---------------------------------------------------------------- evaluation wiring and test.py
 
 def test_score_protocols_plain_and_reranked(hand):
-    """utils.evaluation: each split's metrics are eval_llcm of -<q, g>, and with re-ranking eval_llcm of
+    """utils.evaluation.protocols: each split's metrics are eval_llcm of -<q, g>, and with re-ranking eval_llcm of
     the re-ranked distance, from the same features."""
     from clustering.rerank import RerankParams, rerank_distance
     from data.sample import cams_of, pids_of
-    from utils.evaluation import score_protocols
+    from utils.evaluation.protocols import score_protocols
 
     protocols = datasets.load_protocols("llcm", hand, gallery_trials=3)
     paths = {s.path for sps in protocols.values() for sp in sps for s in sp.query + sp.gallery}

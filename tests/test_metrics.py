@@ -1,4 +1,4 @@
-"""Known-answer and equivalence tests for utils/metrics.py (method.md H).
+"""Known-answer and equivalence tests for utils/evaluation/metrics.py (method.md H).
 
 Positions below are 1-based ranks in the (kept) ranked gallery list.
 AP = (1/R) * sum_{relevant k} (#relevant in top k) / k,  INP = R / (last relevant position).
@@ -6,8 +6,8 @@ AP = (1/R) * sum_{relevant k} (#relevant in top k) / k,  INP = R / (last relevan
 import numpy as np
 import pytest
 
-from utils import metrics
-from utils.metrics import eval_regdb, eval_sysu, stable_argsort
+from utils.evaluation import metrics
+from utils.evaluation.metrics import eval_regdb, eval_sysu, stable_argsort
 
 
 def ref_eval(distmat, q_pids, g_pids, q_camids=None, g_camids=None, max_rank=20, distinct=False):

@@ -105,7 +105,7 @@ def test_valid_edge_values_still_parse():
 
 # 3. main.py flags reach stage 2 -------------------------------------------------------------
 
-STAGE2_SOURCES = ("main.py", "utils/mmm.py", "utils/mmm_steps.py", "utils/run.py", "utils/args.py",
+STAGE2_SOURCES = ("main.py", "utils/train/stage2.py", "utils/train/stage2_steps.py", "utils/run.py", "utils/args.py",
                   "utils/distributed.py")
 
 
@@ -125,9 +125,9 @@ def test_every_main_flag_is_used_or_refused():
 def test_eval_flags_reach_per_epoch_evaluation():
     import inspect
 
-    from utils import mmm
+    from utils.train import stage2 as mmm
     from utils.args import parse
-    from utils.evaluation import evaluate
+    from utils.evaluation.protocols import evaluate
 
     args = parse(_parser("main"), NEEDS["main"] + ["--flip", "--amp", "--shot", "10", "--eval-trials", "3",
                                                    "--mode", "indoor", "--img-h", "32", "--img-w", "16"])
@@ -262,7 +262,7 @@ def test_version1_checkpoint_epoch_read_as_completed_epochs(tmp_path):
     (1, 1, 5, False), (2, 1, 5, True), (5, 1, 5, True), (1, 1, 1, True),  # first epoch only when it is the last
     (2, 2, 5, True), (3, 2, 5, False), (5, 2, 5, True), (3, 0, 3, False)])
 def test_stage2_skips_evaluating_the_first_epoch(epoch, step, epochs, due):
-    from utils.mmm import evaluation_due
+    from utils.train.stage2 import evaluation_due
 
     assert evaluation_due(epoch, step, epochs) is due
 
@@ -286,7 +286,7 @@ def test_joint_step_updates_shared_memory_ir_first():
     were fed before the visible ones (released order), which differs from the other order."""
     import torch
     from memory.cluster_memory import ClusterMemory
-    from utils.baseline_steps import memory_step
+    from utils.train.stage1_steps import memory_step
 
     torch.manual_seed(0)
     feat = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)  # 2 views x 2 rgb, then 2 ir

@@ -1,5 +1,5 @@
 """k-reciprocal re-ranking (clustering/rerank.py) against a direct dense implementation of Zhong et al.'s
-``re_ranking`` written here with plain loops, and its place in the evaluation (utils/evaluation.py)."""
+``re_ranking`` written here with plain loops, and its place in the evaluation (utils/evaluation/protocols.py)."""
 import numpy as np
 import pytest
 import torch
@@ -91,7 +91,7 @@ def test_rerank_normalises_features_and_checks_params():
 def test_rerank_improves_a_noisy_ranking():
     """On clustered features the re-ranked mAP is not worse than the plain one (a sanity check that the
     distance is oriented as 'smaller = closer' and fed to the metric the right way round)."""
-    from utils.metrics import eval_regdb
+    from utils.evaluation.metrics import eval_regdb
 
     q, g, ql, gl = clustered_features(11, 40, 60, ids=8, spread=0.8)
     plain = eval_regdb(-(q @ g.T), ql, gl)[1]

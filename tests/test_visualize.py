@@ -1,4 +1,4 @@
-"""utils/visualize.py: PNGs are written, have the documented size, the right frame colours and a
+"""utils/evaluation/visualize.py: PNGs are written, have the documented size, the right frame colours and a
 legend; test.py's CMC picture plots the mean over the gallery trials."""
 import os
 import sys
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.visualize import (BACKGROUND, FRAME, GAP, LINE_H, MATCH_COLOR, MISMATCH_COLOR, QUERY_COLOR,
+from utils.evaluation.visualize import (BACKGROUND, FRAME, GAP, LINE_H, MATCH_COLOR, MISMATCH_COLOR, QUERY_COLOR,
                              REMOVAL_TEXT, SWATCH, legend_items, save_cmc_curve, save_rank_grid)
 
 THUMB = (16, 8)                                   # (height, width)
@@ -164,7 +164,7 @@ def test_testpy_pictures_plot_the_mean_cmc_over_trials(tmp_path, images, monkeyp
     """test.py --visualize: one rank grid per protocol (gallery trial 0) and a CMC picture whose curves are
     the mean (and std) over the protocol's gallery trials, labelled as such, re-ranked curves included."""
     from data.sample import IR, RGB, Sample, TestSplit
-    from utils import visualize
+    from utils.evaluation import visualize
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)

@@ -60,7 +60,7 @@ def baseline_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     from utils.args import baseline_parser, parse
 
     args = parse(baseline_parser(dataset), argv, dataset=dataset)
-    from utils.baseline import check_baseline_args, run_baseline  # after parsing: a fast --help
+    from utils.train.stage1 import check_baseline_args, run_baseline  # after parsing: a fast --help
 
     check_baseline_args(args)
     run_baseline(args)

@@ -15,7 +15,7 @@ import numpy as np
 from data.datasets import TestSplit, load_train
 from data.sample import IR, RGB, cams_of, pids_of
 from utils.artifacts import align_to_samples, load_artifact
-from utils.metrics import eval_sysu
+from utils.evaluation.metrics import eval_sysu
 
 METRICS = ("r1", "r5", "mAP", "mINP")
 RULES = ("greedy", "hungarian")
@@ -83,7 +83,7 @@ def chance_level(splits: Sequence[TestSplit], draws: int = 20, seed: int = 0) ->
     Per split the metrics are averaged over ``draws`` random matrices; the result holds their mean and
     (population) std over the splits, as test.py reports the gallery trials, plus ``draws``.
     """
-    from utils.evaluation import summarize
+    from utils.evaluation.protocols import summarize
 
     rng, per_split = np.random.default_rng(seed), {}
     for sp in splits:

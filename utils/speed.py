@@ -43,7 +43,7 @@ def _images(n: int, size: dict, gen: torch.Generator, device=None) -> torch.Tens
 def stage1_step(size: dict, device, amp, channels_last: bool, repeat: int) -> float:
     """Seconds of one stage-1 iteration (memory_step + backward + Adam) on synthetic tensors."""
     from memory.cluster_memory import ClusterMemory
-    from utils.baseline_steps import memory_step
+    from utils.train.stage1_steps import memory_step
     from utils.device import grad_scaler, optimizer_step
 
     gen = torch.Generator().manual_seed(1)
@@ -69,7 +69,7 @@ def stage1_step(size: dict, device, amp, channels_last: bool, repeat: int) -> fl
 def stage2_step(size: dict, device, amp, channels_last: bool, repeat: int) -> Dict[str, float]:
     """Seconds of one stage-2 training step (forward_batch + batch_losses + SGD) and of one no-grad forward."""
     from utils.device import grad_scaler, optimizer_step
-    from utils.mmm_steps import batch_losses, forward_batch
+    from utils.train.stage2_steps import batch_losses, forward_batch
 
     gen = torch.Generator().manual_seed(2)
     k, n = size["classes"], size["s2_ids"] * size["s2_pos"]
@@ -99,7 +99,7 @@ def stage2_step(size: dict, device, amp, channels_last: bool, repeat: int) -> Di
 def extraction_rate(size: dict, device, amp, channels_last: bool, repeat: int) -> float:
     """Images/s of the flip-averaged stage-1 descriptor (two forwards per image), eval mode."""
     from utils.device import autocast
-    from utils.features import embed_batch
+    from utils.evaluation.features import embed_batch
 
     model = _model(size, device, channels_last).eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format

@@ -34,7 +34,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from utils.ranking import (check_inputs, distinct_hit_rank, drop_same_camera, encode_ids, ranked_hits,
+from utils.evaluation.ranking import (check_inputs, distinct_hit_rank, drop_same_camera, encode_ids, ranked_hits,
                            stable_argsort)
 
 # Rows per block are chosen so that one block holds about this many (query, gallery) cells:

@@ -1,4 +1,4 @@
-"""Ranking primitives shared by the protocol metrics of :mod:`utils.metrics` (same tie semantics).
+"""Ranking primitives shared by the protocol metrics of :mod:`utils.evaluation.metrics` (same tie semantics).
 
 Everything here works on one block of query rows: input checks, the stable ranking, identity codes,
 the relevant ranked positions, the LLCM same-camera removal and the distinct-identity CMC rank.

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.metrics import kept_gallery, stable_argsort
+from utils.evaluation.metrics import kept_gallery, stable_argsort
 
 # Grid layout (pixels). Every cell is a thumbnail surrounded by a FRAME-wide coloured border;
 # a GAP-wide blank column separates the query from its ranked gallery images.
@@ -27,7 +27,7 @@ TEXT_COLOR = (0, 0, 0)
 # Legend band under the grid: lines of LINE_H pixels, each item a SWATCH-wide square and its label.
 LINE_H = 14
 SWATCH = 10
-# What the removal rules of utils.metrics drop from a ranked list, for the legend.
+# What the removal rules of utils.evaluation.metrics drop from a ranked list, for the legend.
 REMOVAL_TEXT = {"none": "nothing removed from the lists",
                 "sysu_same_room": "camera-2 images skipped for camera-3 queries",
                 "same_id_same_camera": "images of the query's identity and camera skipped"}
@@ -113,7 +113,7 @@ def save_rank_grid(path: str, query_paths: Sequence[str], gallery_paths: Sequenc
             replacement (``seed``) and shown in increasing query index.
         topk: gallery images per row; cells stay BACKGROUND when fewer items are kept.
         q_camids, g_camids: optional camera ids; when both are given, the protocol's ``removal``
-            rule (utils.metrics.kept_gallery) drops items from the lists: by default SYSU's (camera-2
+            rule (utils.evaluation.metrics.kept_gallery) drops items from the lists: by default SYSU's (camera-2
             images for camera-3 queries, method.md H.2); LLCM's is "same_id_same_camera".
         thumb: (height, width) of every thumbnail, without the frame.
         note: an extra legend line (e.g. which dataset, protocol and gallery trial is shown).
@@ -161,7 +161,7 @@ def save_cmc_curve(path: str, cmc_by_name: Dict[str, np.ndarray], title: str,
     Args:
         path: output PNG (parent folders are created).
         cmc_by_name: legend label -> CMC array of fractions in [0, 1] (as returned by
-            ``utils.metrics``, or their mean over gallery trials); curves may have different lengths.
+            ``utils.evaluation.metrics``, or their mean over gallery trials); curves may have different lengths.
         title: figure title.
         size_inches, dpi: figure size; the PNG is size_inches * dpi pixels (600 x 450 default).
         std_by_name: optional label -> standard deviation over gallery trials (same length as the

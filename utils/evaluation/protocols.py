@@ -13,8 +13,8 @@ import torch
 from data.datasets import TestSplit, load_protocols
 from data.sample import cams_of, pids_of
 from data.specs import SPECS
-from utils.features import extract_features
-from utils.metrics import eval_protocol
+from utils.evaluation.features import extract_features
+from utils.evaluation.metrics import eval_protocol
 
 RANKS = (1, 5, 10, 20)
 

@@ -25,8 +25,8 @@ from utils.checkpoint import (check_compatible, load_checkpoint, load_model_stat
 from utils.device import configure_backends, grad_scaler, optimizer_step, unwrap
 from utils.distributed import (barrier, debug_dump, decorrelate_rng, run_on_main, state_digest,
                                sync_buffers, wrap_model)
-from utils.evaluation import evaluate, format_results
-from utils.mmm_steps import (batch_losses, forward_batch, full_pass, gather_outputs, identity_pass, loader,
+from utils.evaluation.protocols import evaluate, format_results
+from utils.train.stage2_steps import (batch_losses, forward_batch, full_pass, gather_outputs, identity_pass, loader,
                              paired_dataset, per_sample_losses, prototype_pass, set_lr)
 from utils.run import Timer, prepare_run
 from utils.runlog import append_metrics, restore_metrics
@@ -194,7 +194,7 @@ def run_mmm(args) -> str:
 
 
 def eval_options(args) -> Dict:
-    """Keyword arguments of :func:`utils.evaluation.evaluate` for the per-epoch evaluation: the test
+    """Keyword arguments of :func:`utils.evaluation.protocols.evaluate` for the per-epoch evaluation: the test
     protocol flags (--mode, --shot, --eval-trials, --flip, --amp) and the input size."""
     return dict(trial=args.trial, modes=(args.mode,), shot=args.shot, gallery_trials=args.eval_trials,
                 directions=("visible2thermal",), img_h=args.img_h, img_w=args.img_w,

@@ -19,15 +19,15 @@ from data.specs import SPECS
 from data.transforms import build_train_transforms
 from model import build_model, to_channels_last
 from utils.artifacts import save_artifact
-from utils.baseline_steps import (build_memory, cluster_epoch, clustering_report, current_lr,
+from utils.train.stage1_steps import (build_memory, cluster_epoch, clustering_report, current_lr,
                                   memory_step, train_loader)
 from utils.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_checkpoint
 from utils.device import configure_backends, grad_scaler, optimizer_step, unwrap
 from utils.distributed import (all_gather_rows, barrier, debug_dump,
                                decorrelate_rng, env_world_size, mean_over_ranks, run_on_main, state_digest,
                                sync_buffers, wrap_model)
-from utils.evaluation import evaluate, format_results
-from utils.features import extract_features
+from utils.evaluation.protocols import evaluate, format_results
+from utils.evaluation.features import extract_features
 from utils.run import Timer, prepare_run
 from utils.runlog import append_metrics, restore_metrics
 

@@ -1,0 +1,9 @@
+"""The two training stages, composed from the algorithm packages (data/, clustering/, memory/, model/).
+
+stage1.py        stage 1 (method.md D): per epoch cluster (Jaccard + DBSCAN) -> memories -> train, in an
+                 intra-modality phase and a joint cross-modality phase; then the hand-off to stage 2
+stage1_steps.py  its building blocks: clustering of an epoch, cluster memories, loaders, one step
+stage2.py        stage 2 (method.md E, F): multi-memory matching of the stage-1 labels, then per epoch
+                 clean probabilities -> train -> prototypes
+stage2_steps.py  its building blocks: learning-rate schedule, samplers, forward, losses, the passes
+"""
