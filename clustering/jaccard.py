@@ -17,6 +17,10 @@ V_ik meets every V_jk (j ≥ i) of its column; the terms min(V_ik, V_jk) are sum
 in row chunks (run in torch.get_num_threads() threads), so memory is bounded by the chunk size and by the
 number of pairs with s > 0. s is symmetric (the reference sums the same terms in the same order for (i, j)
 and (j, i)), so only j ≥ i is computed and mirrored.
+
+Where the steps live: 1-2 in :mod:`clustering.reciprocal`, 3-4 in :mod:`clustering.jaccard_weights`, 5 and
+the pipeline (:func:`jaccard_entries`, :func:`compute_jaccard_distance`) here; the neighbour table comes from
+:mod:`clustering.knn`.
 """
 from __future__ import annotations
 
@@ -27,149 +31,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .jaccard_weights import expansion_matrix, softmax_weights
 from .knn import ArrayLike, as_float_tensor, knn_table
+from .reciprocal import MAX_CELLS, _ragged_positions, expanded_sets
 
 # Upper bound on the number of (i, j, k) terms expanded at once in step 5.
 _MAX_TERMS = 1 << 22
-# Upper bound on rows × N of the per-chunk maps: step 2 (bool) and step 5's accumulator (float64).
-_MAX_CELLS = 1 << 21
-
-
-def _ragged_positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(starts[e], starts[e] + counts[e]) over e, without a Python loop."""
-    total = int(counts.sum())
-    offsets = np.cumsum(counts) - counts
-    return np.arange(total, dtype=np.int64) + np.repeat(starts - offsets, counts)
-
-
-def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """Boolean mask: which ``keys`` occur in the sorted array ``sorted_keys``."""
-    if sorted_keys.size == 0:
-        return np.zeros(keys.shape, dtype=bool)
-    pos = np.searchsorted(sorted_keys, keys)
-    return sorted_keys[np.minimum(pos, sorted_keys.size - 1)] == keys
-
-
-def reciprocal_sets(table: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """R(i, k) for all i as CSR (indptr (N+1,), indices): j ∈ T[i, :k+1] with i ∈ T[j, :k+1].
-
-    ``table`` is the (N, k1) neighbour table; only min(k+1, k1) columns exist, as in the reference.
-    """
-    n, m = table.shape[0], min(k + 1, table.shape[1])
-    rows = np.repeat(np.arange(n, dtype=np.int64), m)
-    cols = table[:, :m].reshape(-1).astype(np.int64)
-    fwd = rows * n + cols
-    keep = _member(cols * n + rows, np.sort(fwd))
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=n))])
-    return indptr, cols[keep]
-
-
-def expanded_sets(table: np.ndarray, k1: int) -> Tuple[np.ndarray, np.ndarray]:
-    """E(i) (step 2) as CSR (indptr (N+1,), indices sorted within each row).
-
-    Rows are processed in chunks with a (chunk rows × N) boolean map of R(i, k1), so the test x ∈ R(i, k1)
-    for the triples (i, c, x), c ∈ R(i, k1), x ∈ R(c, round(k1/2)), is a single lookup.
-    """
-    n = table.shape[0]
-    r_ptr, r_idx = reciprocal_sets(table, k1)
-    h_ptr, h_idx = reciprocal_sets(table, int(round(k1 / 2)))  # round half to even, like np.around
-    h_len = np.diff(h_ptr)
-    r_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(r_ptr))
-    in_r = np.zeros((min(n, max(1, _MAX_CELLS // n)), n), dtype=bool)
-    parts = [r_rows * n + r_idx]
-    for ra in range(0, n, in_r.shape[0]):
-        pairs = slice(r_ptr[ra], r_ptr[min(n, ra + in_r.shape[0])])
-        i_loc, c = r_rows[pairs] - ra, r_idx[pairs]
-        in_r[i_loc, c] = True
-        cnt = h_len[c]
-        x = h_idx[_ragged_positions(h_ptr[c], cnt)]
-        ti = np.repeat(i_loc, cnt)
-        inside = in_r[ti, x]
-        in_r[i_loc, c] = False
-        overlap = np.bincount(np.repeat(np.arange(c.size), cnt), weights=inside, minlength=c.size)
-        accept = overlap > (2.0 / 3.0) * cnt  # the reference's float comparison
-        new = np.repeat(accept, cnt) & ~inside  # only members not already in R(i, k1)
-        parts.append((ti[new] + ra) * n + x[new])
-    keys = np.sort(np.concatenate(parts))
-    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]  # unique; faster than np.unique here
-    rows, cols = np.divmod(keys, n)
-    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]), cols
-
-
-def _pair_dots(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """⟨x_r, x_c⟩ for index pairs, float32, gathered in steps of ~64 MB (numpy on CPU, torch elsewhere)."""
-    out = np.empty(rows.size, dtype=np.float32)
-    step = max(1, (1 << 24) // x.shape[1])
-    xn = x.numpy() if x.device.type == "cpu" else None
-    for s in range(0, rows.size, step):
-        r, c = rows[s:s + step], cols[s:s + step]
-        if xn is not None:
-            out[s:s + step] = np.einsum("ij,ij->i", xn[r], xn[c])
-        else:
-            r, c = torch.from_numpy(r).to(x.device), torch.from_numpy(c).to(x.device)
-            out[s:s + step] = (x[r] * x[c]).sum(dim=1).cpu().numpy()
-    return out
-
-
-def softmax_weights(x: torch.Tensor, indptr: np.ndarray, indices: np.ndarray,
-                    table: Optional[np.ndarray] = None, table_dots: Optional[np.ndarray] = None,
-                    row_scale: Optional[np.ndarray] = None) -> np.ndarray:
-    """Step 3: V data aligned with (indptr, indices); row i = softmax over E(i) of −(2 − 2⟨f_i, f_j⟩).
-
-    ``x`` is the (N, D) float32 feature tensor (any device). Inner products of pairs found in the neighbour
-    ``table`` (N, k1) are taken from ``table_dots`` (the float32 Gram entries of the search); the others are
-    recomputed in float32. ``row_scale`` (N,) > 0 optionally divides the distances of row i by
-    ``row_scale[i]`` first (Zhong et al.'s re-ranking scales each row to a maximum of 1). The softmax
-    itself runs in float64; returns float32.
-    """
-    n = indptr.size - 1
-    lens = np.diff(indptr)
-    rows = np.repeat(np.arange(n, dtype=np.int64), lens)
-    dots = np.empty(indices.size, dtype=np.float32)
-    todo = np.ones(indices.size, dtype=bool)
-    if table is not None and table_dots is not None:
-        tkeys = np.arange(n, dtype=np.int64)[:, None] * n + table
-        order = np.argsort(tkeys, axis=None)
-        tkeys = tkeys.reshape(-1)[order]
-        keys = rows * n + indices
-        pos = np.minimum(np.searchsorted(tkeys, keys), tkeys.size - 1)
-        found = tkeys[pos] == keys
-        dots[found] = table_dots.reshape(-1)[order[pos[found]]]
-        todo = ~found
-    dots[todo] = _pair_dots(x, rows[todo], indices[todo])
-    logits = -(2.0 - 2.0 * dots.astype(np.float64))
-    if row_scale is not None:
-        logits /= np.repeat(np.asarray(row_scale, dtype=np.float64), lens)
-    nonempty = lens > 0
-    starts = indptr[:-1][nonempty]
-    row_max = np.zeros(n)
-    row_max[nonempty] = np.maximum.reduceat(logits, starts)
-    e = np.exp(logits - np.repeat(row_max, lens))
-    row_sum = np.ones(n)
-    row_sum[nonempty] = np.add.reduceat(e, starts)
-    return (e / np.repeat(row_sum, lens)).astype(np.float32)
-
-
-def expansion_matrix(table: np.ndarray, k2: int, modality: Optional[np.ndarray] = None) -> sp.csr_matrix:
-    """Step 4 as a sparse averaging operator Q (N×N), V_qe = Q·V.
-
-    Plain: Q[i, j] = 1/k2 for j ∈ T[i, :k2]. Balanced (``modality`` 0/1 per sample): Q[i, j] = 1/(2·n_m(i))
-    for a neighbour j of modality m, n_m(i) = number of such neighbours among T[i, :k2] (mean of the two
-    modality means), or 1/k2 if only one modality occurs among them.
-    """
-    n, k2 = table.shape[0], min(k2, table.shape[1])
-    cols = table[:, :k2].astype(np.int64)
-    if modality is None:
-        w = np.full(cols.shape, 1.0 / k2)
-    else:
-        mod = modality[cols]
-        n_ir = mod.sum(axis=1, keepdims=True)
-        n_rgb = k2 - n_ir
-        both = (n_ir > 0) & (n_rgb > 0)
-        per_mod = np.where(mod == 1, 1.0 / np.maximum(n_ir, 1), 1.0 / np.maximum(n_rgb, 1))
-        w = np.where(both, 0.5 * per_mod, 1.0 / k2)
-    rows = np.repeat(np.arange(n), k2)
-    return sp.csr_matrix((w.reshape(-1), (rows, cols.reshape(-1))), shape=(n, n))
+# Upper bound on rows × N of the per-chunk maps: step 2 (bool, passed to expanded_sets) and step 5's
+# accumulator (float64).
+_MAX_CELLS = MAX_CELLS
 
 
 def _min_sum_plan(v: sp.csr_matrix):
@@ -260,7 +130,7 @@ def jaccard_entries(features: ArrayLike, k1: int = 30, k2: int = 6, modality: Op
     table, _, dots = knn_table(x, width, knn)
     table = table.cpu().numpy()
     dots = None if dots is None else dots.cpu().numpy()
-    indptr, idx = expanded_sets(table, k1)
+    indptr, idx = expanded_sets(table, k1, _MAX_CELLS)
     v = sp.csr_matrix((softmax_weights(x, indptr, idx, table, dots, row_scale), idx, indptr), shape=(n, n))
     del x, dots
     if k2 != 1:  # the reference skips the expansion for k2 == 1

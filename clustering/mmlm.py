@@ -118,19 +118,3 @@ def multi_memory_matching(features_rgb: ArrayLike, labels_rgb: ArrayLike, featur
                 num_clusters_rgb=len(ids_v), num_clusters_ir=len(ids_r), seconds=seconds)
     return new, info
 
-
-def report_ari(labels_rgb_new: ArrayLike, gt_rgb: ArrayLike, labels_ir: ArrayLike,
-               gt_ir: ArrayLike) -> dict:
-    """Adjusted Rand index of the pseudo-labels against ground truth (method E.3).
-
-    ARI = (RI − E[RI]) / (max RI − E[RI]); outliers (−1) count as one extra cluster.  ``joint`` scores
-    the concatenation [RGB; IR] against [gt_rgb; gt_ir], i.e. the cross-modality correspondence,
-    since ground-truth ids are shared between modalities.  Returns dict(rgb=, ir=, joint=).
-    """
-    from sklearn.metrics import adjusted_rand_score
-
-    a = [np.asarray(torch.as_tensor(x).cpu()).ravel() for x in (labels_rgb_new, gt_rgb, labels_ir, gt_ir)]
-    return dict(rgb=float(adjusted_rand_score(a[1], a[0])),
-                ir=float(adjusted_rand_score(a[3], a[2])),
-                joint=float(adjusted_rand_score(np.concatenate([a[1], a[3]]),
-                                                np.concatenate([a[0], a[2]]))))

@@ -16,8 +16,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-RGB = 0
-IR = 1
+# Integer modality codes of the (N,) ``modality`` tensors (the data package's RGB / IR are the names "rgb" / "ir").
+RGB_CODE = 0
+IR_CODE = 1
 
 
 def _valid_labels(labels: torch.Tensor, num_rows: int,
@@ -94,10 +95,10 @@ def cluster_centroids(features: torch.Tensor, labels: torch.Tensor,
 
 
 def _check_modality(modality: torch.Tensor, labels: torch.Tensor) -> None:
-    """Modality must be an (N,) tensor of 0 (RGB) / 1 (IR) aligned with ``labels``."""
+    """Modality must be an (N,) tensor of RGB_CODE (0, rgb) / IR_CODE (1, ir) aligned with ``labels``."""
     if modality.shape != labels.shape:
         raise ValueError(f"modality shape {tuple(modality.shape)} != labels shape {tuple(labels.shape)}")
-    if bool(((modality != RGB) & (modality != IR)).any()):
+    if bool(((modality != RGB_CODE) & (modality != IR_CODE)).any()):
         raise ValueError("modality must contain only 0 (rgb) and 1 (ir)")
 
 
@@ -113,7 +114,7 @@ def mixed_centroids(features: torch.Tensor, labels: torch.Tensor, modality: torc
     Args:
         features: (N, D) float descriptors, RGB and IR rows in any order.
         labels: (N,) joint cluster ids in {−1, 0..K−1}; −1 rows are ignored.
-        modality: (N,) 0 = RGB, 1 = IR.
+        modality: (N,) RGB_CODE (0) for rgb rows, IR_CODE (1) for ir rows.
         num_clusters: K; defaults to ``labels.max() + 1``.
 
     Returns:
@@ -122,8 +123,8 @@ def mixed_centroids(features: torch.Tensor, labels: torch.Tensor, modality: torc
     _check_features(features)
     keep, k = _valid_labels(labels, features.shape[0], num_clusters)
     _check_modality(modality, labels)
-    sum_rgb, n_rgb = _masked_sums(features, labels, keep & (modality == RGB), k)
-    sum_ir, n_ir = _masked_sums(features, labels, keep & (modality == IR), k)
+    sum_rgb, n_rgb = _masked_sums(features, labels, keep & (modality == RGB_CODE), k)
+    sum_ir, n_ir = _masked_sums(features, labels, keep & (modality == IR_CODE), k)
     _raise_if_empty(n_rgb + n_ir, "mixed_centroids")
     # clamp(min=1) only avoids 0/0 for an absent modality; its mean is discarded by the weights below.
     mean_rgb = sum_rgb / n_rgb.clamp(min=1).unsqueeze(1).to(features.dtype)
@@ -145,7 +146,7 @@ def cross_modal_mask(labels: torch.Tensor, modality: torch.Tensor,
 
     Args:
         labels: (N,) joint cluster ids in {−1, 0..K−1}; −1 rows are ignored.
-        modality: (N,) 0 = RGB, 1 = IR.
+        modality: (N,) RGB_CODE (0) for rgb rows, IR_CODE (1) for ir rows.
         num_clusters: K; defaults to ``labels.max() + 1``.
 
     Returns:
@@ -153,6 +154,6 @@ def cross_modal_mask(labels: torch.Tensor, modality: torch.Tensor,
     """
     keep, k = _valid_labels(labels, labels.numel(), num_clusters)
     _check_modality(modality, labels)
-    n_rgb = torch.bincount(labels[keep & (modality == RGB)].long(), minlength=k)
-    n_ir = torch.bincount(labels[keep & (modality == IR)].long(), minlength=k)
+    n_rgb = torch.bincount(labels[keep & (modality == RGB_CODE)].long(), minlength=k)
+    n_ir = torch.bincount(labels[keep & (modality == IR_CODE)].long(), minlength=k)
     return (n_rgb > 0) & (n_ir > 0)

@@ -13,6 +13,8 @@ computed, the memory rows of the classes in the batch are moved towards their sa
 
 The update lives in ``backward`` so it happens exactly once per optimiser step and only when the
 loss is actually back-propagated (no update under ``torch.no_grad()`` or without ``backward``).
+Under torchrun the caller gives the memory its ``world_size`` (and process group): the update then
+gathers every process's batch, so all copies of the memory stay identical.
 """
 from __future__ import annotations
 
@@ -108,21 +110,20 @@ def hard_update_(memory: torch.Tensor, inputs: torch.Tensor, targets: torch.Tens
     memory[rows] = F.normalize(momentum * memory[rows] + (1.0 - momentum) * x[pick[rows]], dim=1)
 
 
-def _gather_all_ranks(inputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate (in rank order) the batches of every process; identity in a single process.
+def _gather_all_ranks(inputs: torch.Tensor, targets: torch.Tensor, world_size: int,
+                      group=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate (in rank order) the (B, D) and (B,) batches of the ``world_size`` processes of
+    ``group`` (torch.distributed's default group when None); identity when ``world_size`` is 1.
 
     Every rank then applies the same update, so the memories stay identical across processes.
     Requires equal batch sizes on all ranks (``torch.distributed.all_gather`` semantics).
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if world_size == 1:
         return inputs, targets
-    world = dist.get_world_size()
-    if world == 1:
-        return inputs, targets
-    xs = [torch.empty_like(inputs) for _ in range(world)]
-    ys = [torch.empty_like(targets) for _ in range(world)]
-    dist.all_gather(xs, inputs.contiguous())
-    dist.all_gather(ys, targets.contiguous())
+    xs = [torch.empty_like(inputs) for _ in range(world_size)]
+    ys = [torch.empty_like(targets) for _ in range(world_size)]
+    dist.all_gather(xs, inputs.contiguous(), group=group)
+    dist.all_gather(ys, targets.contiguous(), group=group)
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -130,11 +131,13 @@ class _MemoryProduct(torch.autograd.Function):
     """logits = x̂ Mᵀ; backward: grad_x = grad_logits · M (M constant), then momentum-update M."""
 
     @staticmethod
-    def forward(ctx, inputs, targets, memory, momentum, use_hard):
-        """(B, D) unit inputs, (B,) targets, (K, D) memory → (B, K) logits x̂ Mᵀ."""
+    def forward(ctx, inputs, targets, memory, momentum, use_hard, ranks):
+        """(B, D) unit inputs, (B,) targets, (K, D) memory → (B, K) logits x̂ Mᵀ; ``ranks`` =
+        (world size, process group) whose batches the update gathers."""
         ctx.memory = memory  # a live reference: the update below must reach the module's buffer
         ctx.momentum = momentum
         ctx.use_hard = use_hard
+        ctx.ranks = ranks
         ctx.save_for_backward(inputs, targets)
         return inputs.to(memory.dtype).mm(memory.t())
 
@@ -147,10 +150,10 @@ class _MemoryProduct(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # Computed BEFORE the update so the gradient uses the memory of the forward pass.
             grad_inputs = grad_logits.to(memory.dtype).mm(memory).to(inputs.dtype)
-        all_x, all_y = _gather_all_ranks(inputs.detach(), targets)
+        all_x, all_y = _gather_all_ranks(inputs.detach(), targets, *ctx.ranks)
         update = hard_update_ if ctx.use_hard else sequential_update_
         update(memory, all_x, all_y, ctx.momentum)
-        return grad_inputs, None, None, None, None
+        return grad_inputs, None, None, None, None, None
 
 
 class ClusterMemory(nn.Module):
@@ -170,10 +173,13 @@ class ClusterMemory(nn.Module):
         temp: τ of the softmax (0.05).
         momentum: μ, weight of the old centre (0.1).
         use_hard: use :func:`hard_update_` instead of :func:`sequential_update_`.
+        world_size: processes training together (torchrun); when > 1 the update in backward gathers
+            the batches of all of them (equal sizes), so every copy of the memory stays identical.
+        group: their torch.distributed process group (None: the default group).
     """
 
     def __init__(self, num_features: int, num_clusters: int, temp: float = 0.05,
-                 momentum: float = 0.1, use_hard: bool = False) -> None:
+                 momentum: float = 0.1, use_hard: bool = False, world_size: int = 1, group=None) -> None:
         super().__init__()
         if temp <= 0:
             raise ValueError(f"temp must be > 0, got {temp}")
@@ -184,6 +190,9 @@ class ClusterMemory(nn.Module):
         self.temp = float(temp)
         self.momentum = float(momentum)
         self.use_hard = bool(use_hard)
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        self.world_size, self.group = int(world_size), group
         self.register_buffer("features", torch.zeros(self.num_clusters, self.num_features))
 
     @torch.no_grad()
@@ -223,7 +232,8 @@ class ClusterMemory(nn.Module):
         """
         targets = targets.to(self.features.device)
         x = F.normalize(inputs, dim=1)
-        logits = _MemoryProduct.apply(x, targets, self.features, self.momentum, self.use_hard)
+        logits = _MemoryProduct.apply(x, targets, self.features, self.momentum, self.use_hard,
+                                      (self.world_size, self.group))
         return F.cross_entropy(logits / self.temp, targets)
 
     def extra_repr(self) -> str:

@@ -1,14 +1,15 @@
 """Benchmark Jaccard + DBSCAN pseudo-labelling (clustering.dbscan.pseudo_labels) on SYSU/RegDB-size inputs.
 
-Examples:
-    python /work/shared/bench_features.py --out /tmp/mmm_bench_inputs     # generate the inputs once
-    python scripts/bench_clustering.py --inputs /tmp/mmm_bench_inputs
+Examples (the inputs come from utils/bench_inputs.py, generated on first use):
+    python scripts/bench_clustering.py
+    python scripts/bench_clustering.py --size small                      # an eighth of the size, a quick check
     python scripts/bench_clustering.py --cases sysu_rgb sysu_joint --repeat 3
     python scripts/bench_clustering.py --cases regdb_rgb --check-dense regdb_rgb
 
 Every case runs in a fresh subprocess: "seconds" is the wall time of pseudo_labels (time.perf_counter, the
 best of --repeat runs), "peak MB" is the growth of the process's max RSS over its RSS just before the first
-run (features already loaded), "proc MB" the whole process's max RSS (Python, torch and the features included). "ARI" compares the labels with the ground-truth ids of the inputs (outliers
+run (features already loaded), "proc MB" the whole process's max RSS (Python, torch and the features
+included). "ARI" compares the labels with the ground-truth ids of the inputs (outliers
 count as one extra cluster, as in mmlm.py). With --check-dense the labels are also compared with sklearn's
 DBSCAN on the dense Jaccard matrix (compute_jaccard_distance(sparse=False)), as the released code does it.
 "cpu s" is the process CPU time; on a machine shared with other jobs, OpenMP threads that wait for a core
@@ -42,10 +43,10 @@ DEFAULT_CASES = ["sysu_rgb", "sysu_ir", "sysu_joint", "regdb_rgb", "regdb_ir", "
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags of this script."""
+    from utils.bench_inputs import add_input_flags  # project modules after the sys.path fix
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--inputs", default=os.environ.get("MMM_BENCH_DATA", "/tmp/mmm_bench_inputs"),
-                   help="folder written by bench_features.py (default: $MMM_BENCH_DATA or "
-                        "/tmp/mmm_bench_inputs)")
+    add_input_flags(p, "benchmark inputs", "SYSU-MM01/RegDB training sizes")
     p.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=sorted(CASES),
                    help="cases to run (default: all); joint = modality-balanced clustering of rgb+ir")
     p.add_argument("--knn", default="torch", choices=("torch", "faiss"), help="neighbour search backend")
@@ -151,9 +152,9 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(run_worker(args)))
         return None
-    if not os.path.exists(os.path.join(args.inputs, "manifest.json")):
-        raise SystemExit(f"error: no manifest.json in {args.inputs}; run "
-                         "bench_features.py --out DIR first")
+    from utils.bench_inputs import ensure_inputs  # project modules after the sys.path fix, as above
+
+    args.inputs = ensure_inputs(args.inputs, args.size)
     results = []
     for name in args.cases:
         results.append(_run_case(args, name))

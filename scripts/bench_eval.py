@@ -3,10 +3,12 @@
 eval_sysu is timed over the 10 SYSU gallery trials and eval_regdb on one RegDB trial; the
 same inputs go through a per-query loop implementation, and both results must agree.
 
-Inputs are the synthetic test matrices written by /work/shared/bench_features.py
-(``sysu_test/distmat_trial{0..9}.npy``: 3,803 x 301; ``regdb_test/distmat.npy``: 2,060 x 2,060).
+Inputs are the synthetic test matrices of utils/bench_inputs.py, generated on first use
+(``sysu_test/distmat_trial{0..9}.npy``: 3,803 x 301; ``regdb_test/distmat.npy``: 2,060 x 2,060), or a
+folder of the same layout from elsewhere (--inputs, or --bench-features to generate it with an external
+bench_features.py).
 
-    python scripts/bench_eval.py [--inputs DIR] [--repeat 5]
+    python scripts/bench_eval.py [--inputs DIR] [--repeat 5] [--size small]
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import argparse
 import importlib.util
 import os
 import sys
-import tempfile
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -55,24 +56,25 @@ def reference_eval(distmat, q_pids, g_pids, q_camids=None, g_camids=None, max_ra
     return np.mean(cmcs, axis=0), float(np.mean(aps)), float(np.mean(inps))
 
 
-def default_inputs() -> str:
-    """$MMM_BENCH_DATA, else <tempdir>/mmm_bench_inputs (the generator's own default)."""
-    return os.environ.get("MMM_BENCH_DATA",
-                          os.path.join(tempfile.gettempdir(), "mmm_bench_inputs"))
+def ensure_inputs(inputs: Optional[str], bench_features: Optional[str], size: Optional[str]) -> str:
+    """The input folder: made by utils.bench_inputs (default), or with an external bench_features.py's
+    generate() when ``bench_features`` is given and the folder has no manifest.json. Returns the folder."""
+    from utils.bench_inputs import default_folder, ensure_inputs as generate_own  # after main's sys.path fix
 
-
-def ensure_inputs(inputs: str, bench_features: str) -> None:
-    """Generate the matrices with bench_features.generate() when manifest.json is missing."""
+    if bench_features is None:
+        return generate_own(inputs, size)
+    inputs = inputs or default_folder(size)
     if os.path.exists(os.path.join(inputs, "manifest.json")):
-        return
+        return inputs
     if not os.path.isfile(bench_features):
         raise SystemExit(f"error: {inputs} has no manifest.json and the generator "
-                         f"{bench_features} does not exist (use --bench-features)")
+                         f"{bench_features} does not exist")
     spec = importlib.util.spec_from_file_location("mmm_bench_features", bench_features)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     print(f"generating benchmark inputs into {inputs} ...", flush=True)
     module.generate(inputs)
+    return inputs
 
 
 def load_inputs(inputs: str):
@@ -126,15 +128,13 @@ def fmt_row(name: str, wall: float, cpu: float, res) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags."""
+    from utils.bench_inputs import add_input_flags  # project modules after the sys.path fix
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--inputs", default=default_inputs(),
-                   help="folder with manifest.json, sysu_test/ and regdb_test/ "
-                        "(default: $MMM_BENCH_DATA or <tempdir>/mmm_bench_inputs); generated "
-                        "with --bench-features when manifest.json is missing")
-    p.add_argument("--bench-features",
-                   default=os.path.join(os.path.dirname(REPO_ROOT), "shared", "bench_features.py"),
-                   help="path of bench_features.py used to generate missing inputs "
-                        "(default: ../shared/bench_features.py next to the repository root)")
+    add_input_flags(p, "benchmark inputs with manifest.json, sysu_test/ and regdb_test/", "SYSU-MM01/RegDB test sizes")
+    p.add_argument("--bench-features", default=None,
+                   help="an external bench_features.py whose generate(DIR) writes the inputs instead "
+                        "(default: none, utils/bench_inputs.py)")
     p.add_argument("--repeat", type=int, default=5,
                    help="timed runs of the vectorised metrics; the best is reported (default 5)")
     p.add_argument("--max-rank", type=int, default=20, help="CMC length (default 20)")
@@ -145,13 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; returns 0, or 1 if the two implementations disagree."""
-    args = build_parser().parse_args(argv)
-    if REPO_ROOT not in sys.path:
+    if REPO_ROOT not in sys.path:  # before build_parser: its input flags come from utils/bench_inputs.py
         sys.path.insert(0, REPO_ROOT)
+    args = build_parser().parse_args(argv)
     from utils.evaluation.metrics import eval_regdb, eval_sysu
 
-    ensure_inputs(args.inputs, args.bench_features)
-    sysu, regdb = load_inputs(args.inputs)
+    sysu, regdb = load_inputs(ensure_inputs(args.inputs, args.bench_features, args.size))
     ids = (sysu["q_pids"], sysu["g_pids"], sysu["q_camids"], sysu["g_camids"])
     rid = (regdb["q_pids"], regdb["g_pids"])
     runs = {

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark MMLM (batched k-means memories + multi-memory matching) on SYSU-size inputs.
 
-Inputs come from /work/shared/bench_features.py (``--out /tmp/mmm_bench_inputs``):
-``sysu/{features,pseudo_labels}_{rgb,ir}.npy`` and ``sysu/train_{rgb,ir}_resized_label.npy``.
+Inputs are the SYSU-sized training features of utils/bench_inputs.py, generated on first use (or any folder
+of that layout, --inputs): ``sysu/{features,pseudo_labels}_{rgb,ir}.npy`` and ``sysu/train_{rgb,ir}_resized_label.npy``.
 Times :func:`clustering.mmlm.multi_memory_matching` (best of ``--repeats`` after one warm-up run) and
 reports the clusters, the seconds and the ARI against ground truth before / after matching.
 ``--compare-released`` also runs a released-style reference (one sklearn KMeans per cluster, then
@@ -30,7 +30,7 @@ def load_inputs(folder: str) -> dict:
              "train_rgb_resized_label", "train_ir_resized_label")
     missing = [n for n in names if not os.path.exists(os.path.join(sub, n + ".npy"))]
     if missing:
-        raise SystemExit(f"missing {missing} in {sub}; run /work/shared/bench_features.py --out {folder}")
+        raise SystemExit(f"missing {missing} in {sub}; a folder of utils/bench_inputs.py's layout is needed")
     return {n: np.load(os.path.join(sub, n + ".npy")) for n in names}
 
 
@@ -123,9 +123,10 @@ def compare_released(data: dict, info: dict, args) -> None:
 
 def parse_args(argv=None):
     """Command-line flags (see --help)."""
+    from utils.bench_inputs import add_input_flags  # project modules after the sys.path fix
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--inputs", default="/tmp/mmm_bench_inputs",
-                    help="folder written by bench_features.py (default: %(default)s)")
+    add_input_flags(ap, "benchmark inputs", "SYSU-MM01 training size")
     ap.add_argument("--device", default="cpu", help="torch device for k-means and costs (default: %(default)s)")
     ap.add_argument("--n-init", type=int, default=10, help="k-means restarts per cluster (default: %(default)s)")
     ap.add_argument("--matching", default="greedy", choices=("greedy", "hungarian"),
@@ -145,12 +146,13 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     """Entry point: load, time, report ARI, optionally compare with the released-style loop."""
     import torch
-    from clustering.mmlm import report_ari
+    from clustering.ari import matching_ari
+    from utils.bench_inputs import ensure_inputs
 
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    data = load_inputs(args.inputs)
+    data = load_inputs(ensure_inputs(args.inputs, args.size))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"load average {os.getloadavg()[0]:.1f}")
     labels, info, best, cpu = time_ours(data, args)
@@ -161,12 +163,12 @@ def main(argv=None) -> None:
           f"best of {args.repeats} = {best:.3f} s wall ({cpu:.3f} s CPU)")
     print(f"IR clusters without a visible partner: {info['ir_unmatched']}, "
           f"visible clusters sharing a partner: {info['rgb_shared']}")
-    before = report_ari(data["pseudo_labels_rgb"], data["train_rgb_resized_label"],
+    before = matching_ari(data["pseudo_labels_rgb"], data["train_rgb_resized_label"],
                         data["pseudo_labels_ir"], data["train_ir_resized_label"])
-    after = report_ari(labels, data["train_rgb_resized_label"],
+    after = matching_ari(labels, data["train_rgb_resized_label"],
                        data["pseudo_labels_ir"], data["train_ir_resized_label"])
     for name, ari in (("before matching", before), ("after matching ", after)):
-        print(f"ARI {name}: rgb {ari['rgb']:.4f}  ir {ari['ir']:.4f}  joint {ari['joint']:.4f}")
+        print(f"ARI {name}: rgb {ari['ari_rgb']:.4f}  ir {ari['ari_ir']:.4f}  joint {ari['ari_joint']:.4f}")
     if args.compare_released:
         compare_released(data, info, args)
 

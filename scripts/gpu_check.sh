@@ -4,7 +4,7 @@
 #   1. the GPU-marked tests (pytest -m gpu: device k-NN and clustering against the CPU path, mixed-precision
 #      training steps, channels_last, the memory update on CUDA)
 #   2. the whole pipeline on generated data on CUDA with --amp bf16: stage 1 (baseline_sysu.py, with
-#      --channels-last) -> stage 2 (main.py) -> test.py, with the tiny settings of tests/test_e2e.py
+#      --channels-last) -> stage 2 (main.py) -> test.py, with the tiny settings of tests/e2e_harness.py
 #   3. scripts/bench_train.py at real size (ResNet-50 at 288x144, the released batches, SYSU-sized
 #      clustering): loader images/s per core, step times per --amp mode, extraction, clustering, and the
 #      estimated wall-clock of both stages on SYSU-MM01

@@ -37,3 +37,14 @@ def tiny_sysu(tmp_path_factory):
                     "--out", str(out), "--ids", "8", "--seed", "5", "--images-per-cam", "2", "3"],
                    check=True, capture_output=True, cwd=ROOT)
     return out
+
+
+# The end-to-end jobs of tests/test_e2e_*.py: one session fixture, so that every test module shares the
+# jobs and none runs twice (tests/e2e_jobs.py).
+from e2e_jobs import e2e  # noqa: E402,F401
+
+
+def pytest_configure(config):
+    """Register the marker with which an end-to-end test names the jobs it reads."""
+    config.addinivalue_line("markers", "e2e_jobs(*names): jobs of tests/e2e_jobs.py that the test reads "
+                                       "through the e2e fixture (scheduled together when the fixture starts)")

@@ -17,7 +17,7 @@ from memory.cluster_memory import ClusterMemory
 from model import build_model, input_memory_format, to_channels_last
 from utils.train.stage1_steps import memory_step
 from utils.device import amp_dtype, autocast, configure_backends, grad_scaler, optimizer_step
-from utils.train.stage2_steps import batch_losses, forward_batch
+from utils.train.stage2_steps import Stage2Batch, batch_losses, forward_batch
 
 CPU = torch.device("cpu")
 REL_TOL = 0.03
@@ -79,7 +79,8 @@ def test_stage2_bf16_losses_match_fp32(seed):
     for amp in ("off", "bf16"):
         m = copy.deepcopy(model)
         o = forward_batch(m, batch, CPU, amp)
-        assert all(o[k].dtype == torch.float32 for k in ("a", "b", "t", "logits"))  # losses see float32
+        assert isinstance(o, Stage2Batch)
+        assert all(x.dtype == torch.float32 for x in (o.rgb1, o.rgb2, o.ir, o.logits))  # losses see float32
         out = batch_losses(o, probs, protos, STAGE2_OPTS, epoch=5)
         optimizer_step(sum(out.values()), torch.optim.SGD(m.parameters(), lr=0.01), None)
         assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

@@ -6,7 +6,8 @@
   synthetic data: identical pseudo-labels, memories and model state on both ranks, files written by
   rank 0 only, resume; the same stage 1 in one process gives the same first clustering.
 
-The runs report what each rank trained on through the ``MMM_DEBUG_DIST_DIR`` test hook.
+The runs report what each rank trained on through an observer of the training events
+(utils/train/callbacks.py) that a ``sitecustomize`` module on ``PYTHONPATH`` installs in every process.
 """
 import json
 import os
@@ -23,9 +24,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from data.sample import DataError
-from utils.distributed import (DEBUG_ENV, DistInfo, gather_keep_grad, mean_over_ranks, run_on_main,
-                               sync_buffers)
-from utils.train.stage2_steps import batch_losses, gather_outputs
+from utils.distributed import DistInfo, gather_keep_grad, mean_over_ranks, run_on_main, sync_buffers
+from utils.train.stage2_steps import Stage2Batch, batch_losses, gather_outputs
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="needs torch.distributed with gloo")
@@ -52,7 +52,8 @@ def _stage2_losses(model, v1, v2, t, y, idx, probs, protos, dist):
     """batch_losses of a (local) batch through gather_outputs, as utils/train/stage2.train_epoch does."""
     pool, logits = model(torch.cat([v1, v2, t]))
     n = len(v1)
-    o = dict(a=pool[:n], b=pool[n:2 * n], t=pool[2 * n:], logits=logits, y=y, z=y, i_rgb=idx, i_ir=idx)
+    o = Stage2Batch(rgb1=pool[:n], rgb2=pool[n:2 * n], ir=pool[2 * n:], logits=logits, labels_rgb=y, labels_ir=y,
+                    index_rgb=idx, index_ir=idx)
     args = SimpleNamespace(id_loss="soft", margin=0.2, intra_weight=0.5, inter_weight=0.05,
                            inter_start_epoch=0, intra_loss="l1")
     return batch_losses(gather_outputs(o, dist), probs, protos, args, epoch=1)
@@ -118,9 +119,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(script, args, debug_dir, nproc=WORLD):
-    """Run an entry script (under torchrun when nproc > 1) with the debug hook; returns the process."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", **{DEBUG_ENV: str(debug_dir)})
+# Loaded through PYTHONPATH as sitecustomize by every run below (every rank, and the torchrun launcher,
+# which never hears an event): records what each rank trained on into {folder}:
+# <stage>[_<phase>][_e<epoch>]_<event>_rank<r>.npz, and the checkpoints it wrote into writes_rank<r>.txt.
+_RECORDER = '''
+import os
+import sys
+sys.path.insert(0, {root!r})
+from utils.train.callbacks import OBSERVERS
+def _record(event, rank, stage, phase=None, epoch=None, values=None, path=None):
+    import numpy as np
+    import torch
+    os.makedirs({folder!r}, exist_ok=True)
+    if event == "checkpoint":
+        with open(os.path.join({folder!r}, "writes_rank%d.txt" % rank), "a") as f:
+            f.write(os.path.abspath(path) + "\\n")
+        return
+    name = "_".join(x for x in (stage, phase, "e%d" % epoch if epoch else None, event) if x)
+    arrays = {{k: v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in values().items()}}
+    np.savez(os.path.join({folder!r}, "%s_rank%d.npz" % (name, rank)), **arrays)
+OBSERVERS.add(_record)
+'''
+
+
+def _run(script, args, debug_dir, nproc=WORLD, controlled=False):
+    """Run an entry script (under torchrun when nproc > 1) with the recording observer (and with
+    :data:`_CONTROLLED` when ``controlled``); returns the process."""
+    hook = debug_dir.parent / f"{debug_dir.name}_hook"
+    hook.mkdir(parents=True, exist_ok=True)
+    code = _RECORDER.format(root=ROOT, folder=str(debug_dir))
+    (hook / "sitecustomize.py").write_text(code + (_CONTROLLED.format(root=ROOT) if controlled else ""))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(hook))
     launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                                       "--master_port", str(_free_port())]
     return subprocess.run([sys.executable, *launcher, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
@@ -173,8 +202,8 @@ def stage1(tmp_path_factory):
 
 
 def test_stage1_ranks_agree_and_rank0_writes(stage1):
-    for name in ("stage1_intra_e0_labels", "stage1_joint_e0_labels", "stage1_intra_e0_model",
-                 "stage1_joint_e0_model"):
+    for name in ("stage1_intra_e1_labels", "stage1_joint_e1_labels", "stage1_intra_e1_epoch_end",
+                 "stage1_joint_e1_epoch_end"):
         _assert_same_on_ranks(stage1.dbg, name)
     writes = _written(stage1.dbg)
     assert writes[1] == [] and sorted(os.path.relpath(p, stage1.run) for p in writes[0]) == \
@@ -202,8 +231,8 @@ def test_stage1_single_process_same_first_clustering(stage1):
     """The first clustering happens before any training step: identical in one and two processes."""
     output, dbg = stage1.tmp / "single", stage1.tmp / "dbg_single"
     _check(_run("baseline_sysu.py", ["--data-dir", stage1.data, "--output-dir", str(output), *STAGE1], dbg, nproc=1))
-    one = dict(np.load(dbg / "stage1_intra_e0_labels_rank0.npz"))
-    two = _dumps(stage1.dbg, "stage1_intra_e0_labels")[0]
+    one = dict(np.load(dbg / "stage1_intra_e1_labels_rank0.npz"))
+    two = _dumps(stage1.dbg, "stage1_intra_e1_labels")[0]
     for key in one:  # labels and memory initialisation
         assert np.array_equal(one[key], two[key]), key
     m1, m2 = _metrics(output / "sysu" / "baseline")[0], _metrics(stage1.run)[0]
@@ -216,7 +245,7 @@ def test_stage2_ranks_agree_and_rank0_writes(stage1):
     dbg, output = stage1.tmp / "dbg2", stage1.tmp / "ddp2"
     _check(_run("main.py", ["--dataset", "sysu", "--data-dir", stage1.data, "--output-dir", str(output),
                             "--resume-net1", str(stage1.run / "final.pth"), *STAGE2], dbg))
-    for name in ("stage2_labels", "stage2_e0_model", "stage2_e1_clean", "stage2_e1_model"):
+    for name in ("stage2_labels", "stage2_e1_epoch_end", "stage2_e2_clean", "stage2_e2_epoch_end"):
         _assert_same_on_ranks(dbg, name)
     run = output / "sysu" / "mmm"
     assert _written(dbg) == {0: [str(run / "last.pth")] * 2, 1: []}
@@ -225,7 +254,7 @@ def test_stage2_ranks_agree_and_rank0_writes(stage1):
     assert all(np.isfinite(v) for r in records for k, v in r.items() if k.startswith("loss_"))
 
 
-# Loaded through PYTHONPATH by the runs below: BatchNorm always normalises with its running
+# Added to the sitecustomize of the runs below: BatchNorm always normalises with its running
 # statistics and the training transforms are deterministic, i.e. the two known sources of
 # difference between one and two processes are switched off. Adam is replaced by plain SGD at the
 # same rate: Adam divides each gradient by its own running magnitude, so the rounding-level
@@ -253,18 +282,14 @@ tr.build_train_transforms = _fixed_transforms
 
 
 @pytest.mark.slow
-def test_stage1_one_vs_two_processes_controlled(stage1, monkeypatch):
+def test_stage1_one_vs_two_processes_controlled(stage1):
     """Without per-rank BatchNorm statistics and random augmentation, two processes reproduce the
     single-process run (losses to float rounding, clusterings of both phases)."""
-    hook = stage1.tmp / "controlled"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_CONTROLLED.format(root=ROOT))
-    monkeypatch.setenv("PYTHONPATH", str(hook))
     records = {}
     for nproc in (1, WORLD):
         output = stage1.tmp / f"controlled_{nproc}"
         _check(_run("baseline_sysu.py", ["--data-dir", stage1.data, "--output-dir", str(output), *STAGE1],
-                    stage1.tmp / f"dbg_controlled_{nproc}", nproc=nproc))
+                    stage1.tmp / f"dbg_controlled_{nproc}", nproc=nproc, controlled=True))
         records[nproc] = _metrics(output / "sysu" / "baseline")
     for one, two in zip(records[1], records[WORLD]):
         for key, value in one.items():

@@ -543,9 +543,9 @@ def test_regdb_gallery_trials_refused(tmp_path):
 @pytest.mark.slow
 def test_e2e_llcm_three_entry_points(tmp_path):
     """baseline_llcm.py -> main.py -> test.py --rerank --visualize on generated LLCM data, with the tiny
-    settings of tests/test_e2e.py; test.py's visible->infrared trial 0 equals main.py's evaluation of
+    settings of tests/e2e_harness.py; test.py's visible->infrared trial 0 equals main.py's evaluation of
     that epoch (same model, gallery and preprocessing)."""
-    from test_e2e import METRICS, STAGE1, STAGE2, TINY, assert_ok, check_metric_dict, load_pth, metrics_lines, run
+    from e2e_harness import METRICS, STAGE1, STAGE2, TINY, assert_ok, check_metric_dict, load_pth, metrics_lines, run
 
     data = tmp_path / "LLCM"
     generate_llcm(str(data), ids=24, seed=0, height=64, width=32, images_per_cam=(2, 3))

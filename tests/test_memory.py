@@ -241,10 +241,15 @@ def _dist_worker(rank, world, init_file, memory, xs, ys, out_dir):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}",
                                          rank=rank, world_size=world)
     try:
-        mem = ClusterMemory(memory.shape[1], memory.shape[0])
+        mem = ClusterMemory(memory.shape[1], memory.shape[0], world_size=world)
         mem.set_centroids(memory)
         mem(xs[rank].clone().requires_grad_(True), ys[rank]).backward()
         torch.save(mem.features, os.path.join(out_dir, f"rank{rank}.pt"))
+        # Told it trains alone, a memory updates with the local batch only, process group or not.
+        alone = ClusterMemory(memory.shape[1], memory.shape[0])
+        alone.set_centroids(memory)
+        alone(xs[rank].clone().requires_grad_(True), ys[rank]).backward()
+        torch.save(alone.features, os.path.join(out_dir, f"alone{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -263,3 +268,11 @@ def test_distributed_ranks_apply_same_update(tmp_path):
     assert torch.equal(r0, r1)
     expected = loop_sequential(memory, F.normalize(xs.reshape(20, 8), dim=1), ys.reshape(20), 0.1)
     assert torch.max(torch.abs(r0 - expected)) < 1e-6
+    for r in range(2):
+        alone = torch.load(tmp_path / f"alone{r}.pt")
+        assert torch.max(torch.abs(alone - loop_sequential(memory, F.normalize(xs[r], dim=1), ys[r], 0.1))) < 1e-6
+
+
+def test_world_size_must_be_positive():
+    with pytest.raises(ValueError, match="world_size"):
+        ClusterMemory(4, 3, world_size=0)

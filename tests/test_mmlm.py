@@ -5,7 +5,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from clustering.matching import assign, cost_matrix, match_clusters
-from clustering.mmlm import cluster_memories, multi_memory_matching, report_ari
+from clustering.mmlm import cluster_memories, multi_memory_matching
 
 
 def _loop_cost(mem_rgb, mem_ir, cost):
@@ -154,10 +154,15 @@ def test_cluster_memories_every_cluster_and_small_ones():
     np.testing.assert_array_equal(mem[2].numpy(), f[labels == 9][[0, 1, 2, 0]])
 
 
-def test_report_ari():
+def test_matching_ari_keys_and_known_answers():
+    from clustering.ari import matching_ari, pseudo_label_ari
+
     gt_rgb, gt_ir = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
-    r = report_ari(gt_rgb + 10, gt_rgb, gt_ir + 10, gt_ir)
-    assert r["rgb"] == pytest.approx(1.0) and r["ir"] == pytest.approx(1.0)
-    assert r["joint"] == pytest.approx(1.0)
-    r = report_ari(gt_rgb, gt_rgb, gt_ir + 10, gt_ir)               # label spaces not aligned
-    assert r["joint"] < 1.0
+    r = matching_ari(gt_rgb + 10, gt_rgb, gt_ir + 10, gt_ir)
+    assert list(r) == ["ari_rgb", "ari_ir", "ari_joint"] and all(v == pytest.approx(1.0) for v in r.values())
+    assert matching_ari(gt_rgb, gt_rgb, gt_ir + 10, gt_ir)["ari_joint"] < 1.0     # label spaces not aligned
+    # stage 1: the joint clustering is its own labelling of [rgb; ir]
+    joint = np.r_[gt_rgb, gt_ir] + 3
+    r = pseudo_label_ari({"rgb": np.zeros(6, np.int64), "ir": gt_ir, "joint": joint}, {"rgb": gt_rgb, "ir": gt_ir})
+    assert r == {"ari_rgb": 0.0, "ari_ir": pytest.approx(1.0), "ari_joint": pytest.approx(1.0)}
+    assert list(pseudo_label_ari({"rgb": gt_rgb}, {"rgb": gt_rgb, "ir": gt_ir})) == ["ari_rgb"]

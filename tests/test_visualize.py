@@ -1,7 +1,5 @@
 """utils/evaluation/visualize.py: PNGs are written, have the documented size, the right frame colours and a
 legend; test.py's CMC picture plots the mean over the gallery trials."""
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -161,14 +159,12 @@ def test_cmc_curve_with_std_band(tmp_path):
 
 
 def test_testpy_pictures_plot_the_mean_cmc_over_trials(tmp_path, images, monkeypatch):
-    """test.py --visualize: one rank grid per protocol (gallery trial 0) and a CMC picture whose curves are
-    the mean (and std) over the protocol's gallery trials, labelled as such, re-ranked curves included."""
+    """test.py --visualize (utils.evaluation.checkpoints.write_pictures): one rank grid per protocol (gallery
+    trial 0) and a CMC picture whose curves are the mean (and std) over the protocol's gallery trials,
+    labelled as such, re-ranked curves included."""
     from data.sample import IR, RGB, Sample, TestSplit
     from utils.evaluation import visualize
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, root)
-    import test as testpy
+    from utils.evaluation.checkpoints import write_pictures
 
     query = [Sample(p, int(pid), int(c), IR) for p, pid, c in zip(images[0], Q_PIDS, Q_CAMS)]
     gallery = [Sample(p, int(pid), int(c), RGB) for p, pid, c in zip(images[1], G_PIDS, G_CAMS)]
@@ -180,7 +176,7 @@ def test_testpy_pictures_plot_the_mean_cmc_over_trials(tmp_path, images, monkeyp
     monkeypatch.setattr(visualize, "save_cmc_curve",
                         lambda path, curves, title, std_by_name=None: seen.update(curves=curves, std=std_by_name,
                                                                                   title=title))
-    testpy.write_pictures(results, reranked, str(tmp_path / "out" / "test_sysu_all"), 2, "sysu")
+    write_pictures(results, reranked, str(tmp_path / "out" / "test_sysu_all"), 2, "sysu")
     assert (tmp_path / "out" / "test_sysu_all_all-search_ranks.png").is_file()
     assert list(seen["curves"]) == ["all-search, mean of 3 gallery trials",
                                     "all-search re-ranked, mean of 2 gallery trials"]

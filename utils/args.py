@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from data.specs import SPECS
+from data.specs import IR_TO_RGB, RGB_TO_IR, SPECS
 
 
 def _number(kind, text: str, ok, what: str):
@@ -273,4 +273,35 @@ def mmm_parser() -> argparse.ArgumentParser:
                 "as released; the paper uses 15)")
     _alias(g, "--eval-trials", type=positive_int, default=1,
            help="SYSU gallery samplings of the per-epoch evaluation (default: 1 = trial 0, as released)")
+    return p
+
+
+def test_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    """Flags of test.py (evaluate a checkpoint of either stage); ``description`` heads --help (test.py
+    passes its docstring, whose usage lines keep their layout)."""
+    directions = list(dict.fromkeys([RGB_TO_IR, IR_TO_RGB] + [d for s in SPECS.values() for d in s.directions]))
+    p = new_parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, training=False)
+    add_eval_args(p)
+    g = p.add_argument_group("test")
+    _alias(g, "--resume-net1", required=True,
+           help="checkpoint to evaluate (stage 1 or stage 2); with --trial all a pattern containing {trial}")
+    g.add_argument("--direction", default="both", choices=["both"] + directions,
+                   help="RegDB and LLCM search direction(s): visible queries against the infrared gallery "
+                        "(visible2thermal = visible2infrared) or the reverse (default: both; SYSU-MM01 is "
+                        "searched infrared -> visible only)")
+    g.add_argument("--tvsearch", action="store_true",
+                   help="RegDB and LLCM: the infrared -> visible direction only (released flag)")
+    g.add_argument("--out", default=None, help="result JSON (default: next to the checkpoint)")
+    g.add_argument("--visualize", type=int, default=0, metavar="N",
+                   help="also write a PNG of N queries with their top-10 gallery images (gallery trial 0) and "
+                        "a PNG of the CMC curves averaged over the gallery trials")
+    g = p.add_argument_group("re-ranking (reported separately from the plain results)")
+    g.add_argument("--rerank", action="store_true",
+                   help="also evaluate with k-reciprocal re-ranking (Zhong et al., CVPR 2017) of each query "
+                        "against its gallery; printed with a [re-ranked] label and written as results_rerank")
+    _alias(g, "--rerank-k1", type=positive_int, default=None, help="k1 of the re-ranking (default: 20)")
+    _alias(g, "--rerank-k2", type=positive_int, default=None, help="k2 of the re-ranking (default: 6)")
+    _alias(g, "--rerank-lambda", type=float, default=None,
+           help="weight lambda of the original distance, 0..1: (1-lambda)*Jaccard + lambda*distance (default: 0.3)")
     return p

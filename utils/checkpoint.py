@@ -25,7 +25,6 @@ from torch import nn
 
 from data.sample import DataError
 from utils.device import unwrap
-from utils.distributed import DistInfo, debug_note_write
 
 FORMAT = "mmm-vireid"
 VERSION = 2
@@ -80,11 +79,9 @@ def _write_failure(path: str, folder: str, err: BaseException) -> str:
             "(the previous checkpoint is kept)")
 
 
-def save_checkpoint(ckpt: Dict[str, Any], path: str, dist: DistInfo) -> None:
-    """:func:`atomic_torch_save` of a training checkpoint (callers write on rank 0 only); the write is
-    noted for the distributed test when its debug folder is set."""
+def save_checkpoint(ckpt: Dict[str, Any], path: str) -> None:
+    """:func:`atomic_torch_save` of a training checkpoint (callers write on rank 0 only)."""
     atomic_torch_save(ckpt, path)
-    debug_note_write(path, dist)
 
 
 def make_checkpoint(model: nn.Module, *, stage: str, phase: str, dataset: str, trial: Optional[int],

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Dict, List
 
-import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
@@ -28,8 +27,6 @@ from utils.device import maybe_data_parallel, seed_everything, unwrap
 # Rank 0 clusters, matches and evaluates alone while the other ranks wait inside a collective; the
 # default collective timeout (10 min for NCCL) is too short for SYSU-MM01 clustering on a CPU.
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
-# Test hook: when set, every rank writes what it trained on (labels, model digests) into this folder.
-DEBUG_ENV = "MMM_DEBUG_DIST_DIR"
 
 
 @dataclass
@@ -202,22 +199,3 @@ def state_digest(model: nn.Module) -> Dict[str, str]:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         out[name] = h.hexdigest()
     return out
-
-
-def debug_dump(name: str, values: Dict[str, Any], dist: DistInfo) -> None:
-    """Test hook: with ``MMM_DEBUG_DIST_DIR`` set, write ``<dir>/<name>_rank<r>.npz``; else nothing."""
-    folder = os.environ.get(DEBUG_ENV)
-    if not folder:
-        return
-    os.makedirs(folder, exist_ok=True)
-    arrays = {k: v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in values.items()}
-    np.savez(os.path.join(folder, f"{name}_rank{dist.rank}.npz"), **arrays)
-
-
-def debug_note_write(path: str, dist: DistInfo) -> None:
-    """Test hook: with ``MMM_DEBUG_DIST_DIR`` set, append ``path`` to ``<dir>/writes_rank<r>.txt``."""
-    folder = os.environ.get(DEBUG_ENV)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, f"writes_rank{dist.rank}.txt"), "a") as f:
-            f.write(os.path.abspath(path) + "\n")

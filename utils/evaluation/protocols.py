@@ -35,7 +35,8 @@ def distance_matrix(q_feat: torch.Tensor, g_feat: torch.Tensor, rerank=None) -> 
 def split_metrics(dataset: str, split: TestSplit, distmat: np.ndarray):
     """Metrics of one query/gallery split under the dataset's protocol (removal rule, CMC kind).
 
-    Returns (metrics dict in percent: r1, r5, r10, r20, mAP, mINP; cmc float64 (20,) fractions).
+    ``distmat``: (Q, G) float64 distances of ``split.query`` (Q images) to ``split.gallery`` (G images),
+    smaller = closer. Returns (metrics dict in percent: r1, r5, r10, r20, mAP, mINP; cmc float64 (20,) fractions).
     """
     spec = SPECS[dataset]
     q_cams, g_cams = (cams_of(split.query), cams_of(split.gallery)) if spec.uses_cameras else (None, None)
@@ -57,8 +58,9 @@ def summarize(per_split: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, flo
 def protocol_features(model, protocols: Dict[str, List[TestSplit]], *, device: torch.device, img_h: int = 288,
                       img_w: int = 144, cache=None, batch_size: int = 128, workers: int = 2, flip: bool = False,
                       amp: bool = False, progress: bool = True) -> Dict[str, torch.Tensor]:
-    """Feature (D,) of every distinct test image of ``protocols``, by path; each image is embedded once
-    (the galleries of different trials and directions share images)."""
+    """``{path: (D,) float32 feature on the CPU}`` of every distinct test image of ``protocols``, each
+    embedded once through its modality's stem (the galleries of different trials and directions share
+    images). ``img_h, img_w``: input size; other arguments as :func:`extract_features`."""
     every = {s.path: s for splits in protocols.values() for sp in splits for s in sp.query + sp.gallery}
     feats: Dict[str, torch.Tensor] = {}
     for modality in ("rgb", "ir"):
@@ -75,9 +77,10 @@ def score_protocols(dataset: str, protocols: Dict[str, List[TestSplit]], feats: 
                     rerank=None, keep_distmats: bool = False) -> Dict:
     """``{protocol: {"splits": {split: metrics}, "mean": {...}, "std": {...}, "_cmcs": [...]}}``.
 
-    ``_cmcs`` holds the (20,) CMC of every split (for the mean CMC curve); with ``keep_distmats`` each
-    protocol also holds ``"_splits"`` (TestSplit objects) and ``"_distmats"``. Keys starting with ``_``
-    are for pictures only and are left out of result files. ``rerank``: see :func:`distance_matrix`.
+    ``feats``: ``{path: (D,) feature}`` (:func:`protocol_features`), L2-normalised. ``_cmcs`` holds the
+    (20,) float64 CMC of every split (for the mean CMC curve); with ``keep_distmats`` each protocol also
+    holds ``"_splits"`` (TestSplit objects) and ``"_distmats"`` ((Q, G) float64 each). Keys starting with
+    ``_`` are for pictures only and are left out of result files. ``rerank``: see :func:`distance_matrix`.
     """
     results = {}
     for name, splits in protocols.items():
@@ -103,7 +106,8 @@ def evaluate(model, dataset: str, data_dir: str, *, device: torch.device, trial:
 
     Protocols and their options as :func:`data.datasets.load_protocols` (``gallery_trials`` None = the
     dataset's, ``directions`` None = all of them). Metrics are in percent: r1, r5, r10, r20, mAP, mINP.
-    With ``keep_distmats`` each protocol also holds ``"_splits"`` and ``"_distmats"`` for visualisation.
+    With ``keep_distmats`` each protocol also holds ``"_splits"`` and ``"_distmats"`` ((Q, G) float64 per
+    split) for visualisation. ``model`` maps (B, 3, img_h, img_w) batches to (B, D) features.
     """
     protocols = load_protocols(dataset, data_dir, trial=trial, modes=tuple(modes), shot=shot,
                                gallery_trials=gallery_trials, directions=directions)
@@ -113,8 +117,8 @@ def evaluate(model, dataset: str, data_dir: str, *, device: torch.device, trial:
 
 
 def format_results(results: Dict, label: str = "") -> List[str]:
-    """Human-readable lines: one per split and a mean ± std line per protocol, each prefixed by
-    ``label`` (e.g. ``"[re-ranked] "``)."""
+    """Human-readable lines of :func:`score_protocols` results: one per split and a mean ± std line per
+    protocol, each prefixed by ``label`` (e.g. ``"[re-ranked] "``)."""
     lines = []
     for name, res in results.items():
         for split, m in res["splits"].items():

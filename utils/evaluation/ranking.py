@@ -27,7 +27,10 @@ def _as_numpy(x, name: str) -> np.ndarray:
 
 
 def check_inputs(distmat, q_pids, g_pids, max_rank: int, q_camids=None, g_camids=None):
-    """Validate shapes/dtypes and return numpy versions of the inputs (camids may stay None)."""
+    """Validate shapes/dtypes and return numpy versions of the inputs (camids may stay None).
+
+    distmat (Q, G) real; q_pids, q_camids (Q,); g_pids, g_camids (G,). Returns (distmat (Q, G), dict of
+    the four id arrays by name)."""
     d = _as_numpy(distmat, "distmat")
     if d.ndim != 2:
         raise ValueError(f"distmat must be 2-D (queries x gallery), got shape {d.shape}")
@@ -71,7 +74,9 @@ def stable_argsort(distmat: np.ndarray) -> np.ndarray:
 
 
 def encode_ids(q_pids: np.ndarray, g_pids: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
-    """Map gallery ids to 0..U-1 and query ids to the same codes (-1 if absent from the gallery)."""
+    """Map gallery ids to 0..U-1 and query ids to the same codes (-1 if absent from the gallery).
+
+    q_pids (Q,), g_pids (G,) -> (q_codes (Q,), g_codes (G,), U); codes are int32 (int64 for huge U)."""
     uniq, g_codes = np.unique(g_pids, return_inverse=True)
     # int32 codes halve the memory traffic of the (n, G) ranked-code gathers.
     code_t = np.int32 if uniq.size < np.iinfo(np.int32).max else np.int64
@@ -84,10 +89,12 @@ def encode_ids(q_pids: np.ndarray, g_pids: np.ndarray) -> Tuple[np.ndarray, np.n
 
 
 def ranked_hits(d, q_codes, g_codes):
-    """Rank one block and locate the relevant items -> (ranked codes (n, G), rows, cols).
+    """Rank one block and locate the relevant items.
 
-    (rows, cols) are the nonzero entries of the ranked match matrix, row-major, so within a
-    row the relevant ranked positions come in increasing order. The fast quicksort ranking is
+    d (n, G) distances, q_codes (n,), g_codes (G,) from :func:`encode_ids` -> (ranked codes (n, G),
+    rows (H,), cols (H,), order (n, G) int64 gallery index per ranked position). (rows, cols) are the
+    nonzero entries of the ranked match matrix, row-major, so within a row the relevant ranked
+    positions come in increasing order. The fast quicksort ranking is
     kept unless a relevant item has an exactly equal neighbour in its row: only a tie run that
     mixes relevant and irrelevant items can change any metric, and every such run puts a
     relevant item next to an equal one, so re-ranking these rows (a superset of the rows where
@@ -136,8 +143,8 @@ def drop_same_camera(ranked, order, rows, cols, q_codes, q_cams, g_cams):
 
 
 def hit_positions(ranked: np.ndarray, q_codes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Row-major (rows, cols) of ranked == query code; flatnonzero on the contiguous 1-D view
-    is several times faster than 2-D np.nonzero."""
+    """Row-major (rows (H,), cols (H,)) int64 of ranked (n, G) == query code q_codes (n,); flatnonzero
+    on the contiguous 1-D view is several times faster than 2-D np.nonzero."""
     flat = np.flatnonzero(ranked == q_codes[:, None])
     rows = flat // ranked.shape[1]
     return rows, flat - rows * ranked.shape[1]
@@ -148,7 +155,7 @@ def distinct_hit_rank(ranked, first_pos, n_ids) -> np.ndarray:
 
     Equivalent to the released ``new_cmc`` (dedupe the ranked identity list keeping first
     occurrences, then find the query identity in it): every identity seen before the first
-    hit occupies one distinct rank. ranked: (n, G) ranked codes; first_pos: (n,) 0-based.
+    hit occupies one distinct rank. ranked: (n, G) ranked codes; first_pos: (n,) 0-based; returns (n,).
     Work is proportional to the prefixes only, marked in a (n, n_ids) "seen" table.
     """
     n = ranked.shape[0]

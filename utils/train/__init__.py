@@ -5,5 +5,9 @@ stage1.py        stage 1 (method.md D): per epoch cluster (Jaccard + DBSCAN) -> 
 stage1_steps.py  its building blocks: clustering of an epoch, cluster memories, loaders, one step
 stage2.py        stage 2 (method.md E, F): multi-memory matching of the stage-1 labels, then per epoch
                  clean probabilities -> train -> prototypes
-stage2_steps.py  its building blocks: learning-rate schedule, samplers, forward, losses, the passes
+stage2_steps.py  its building blocks: learning-rate schedule, samplers, forward (Stage2Batch), losses,
+                 the passes
+epoch_end.py     the end of an epoch (evaluate, best, checkpoints, metrics line, log) and the resume,
+                 shared by both stages
+callbacks.py     observers of training events (tests, tools); none by default
 """

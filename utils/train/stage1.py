@@ -1,35 +1,39 @@
 """Stage 1 (method.md A.2, D): intra-modality phase, joint phase, export of the hand-off artifact.
 
-Each epoch: extract flip-averaged features -> Jaccard/DBSCAN per modality (and jointly in phase 2)
--> cluster memories -> ``--iters`` iterations -> evaluate every ``--eval-step`` -> checkpoints.
+Each epoch of :func:`run_phase`: :func:`cluster_step` (flip-averaged features -> Jaccard/DBSCAN per
+modality, and jointly in the joint phase) -> ``memories_step`` (cluster memories) -> ``loaders_step``
+-> :func:`train_epoch` (``--iters`` iterations) -> ``finish_epoch`` (evaluate every ``--eval-step``,
+best mAP, checkpoints; utils/train/epoch_end.py). After both phases :func:`export` writes the
+hand-off to stage 2.
 """
 from __future__ import annotations
 
 import math
 import os
 import warnings
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
 
+from clustering.ari import pseudo_label_ari
 from data.datasets import load_train
 from data.sample import IR, RGB, DataError, pids_of
 from data.specs import SPECS
 from data.transforms import build_train_transforms
 from model import build_model, to_channels_last
 from utils.artifacts import save_artifact
-from utils.train.stage1_steps import (build_memory, cluster_epoch, clustering_report, current_lr,
-                                  memory_step, train_loader)
-from utils.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_checkpoint
+from utils.checkpoint import load_checkpoint, load_model_state, make_checkpoint
 from utils.device import configure_backends, grad_scaler, optimizer_step, unwrap
-from utils.distributed import (all_gather_rows, barrier, debug_dump,
-                               decorrelate_rng, env_world_size, mean_over_ranks, run_on_main, state_digest,
-                               sync_buffers, wrap_model)
-from utils.evaluation.protocols import evaluate, format_results
+from utils.distributed import (all_gather_rows, barrier, decorrelate_rng, env_world_size, mean_over_ranks,
+                               run_on_main, sync_buffers, wrap_model)
 from utils.evaluation.features import extract_features
+from utils.evaluation.protocols import evaluate, format_results
 from utils.run import Timer, prepare_run
-from utils.runlog import append_metrics, restore_metrics
+from utils.train.callbacks import OBSERVERS
+from utils.train.epoch_end import EpochEnd, every_eval_step, finish_epoch, resume_from, write_checkpoint
+from utils.train.stage1_steps import (cluster_epoch, clustering_report, current_lr, loaders_step, memories_step,
+                                      memory_step, trainable)
 
 PHASES = ("intra", "joint")
 
@@ -54,17 +58,6 @@ def extract_train(model, samples, args, ctx, desc: str) -> torch.Tensor:
     return all_gather_rows(f, ctx.dist, len(samples))
 
 
-def ari_report(labels: Dict[str, np.ndarray], samples) -> Dict[str, float]:
-    """Adjusted Rand index of the pseudo-labels against ground truth (diagnostics only)."""
-    from sklearn.metrics import adjusted_rand_score
-
-    gt = {m: pids_of(samples[m]) for m in (RGB, IR)}
-    out = {f"ari_{m}": float(adjusted_rand_score(gt[m], labels[m])) for m in (RGB, IR)}
-    if "joint" in labels:
-        out["ari_joint"] = float(adjusted_rand_score(np.r_[gt[RGB], gt[IR]], labels["joint"]))
-    return out
-
-
 def run_evaluation(model, args, ctx) -> Dict:
     """The test protocol with flip-averaged features (SYSU all + indoor, RegDB visible->thermal)."""
     spec = SPECS[args.dataset]
@@ -79,14 +72,9 @@ def run_evaluation(model, args, ctx) -> Dict:
     return results
 
 
-def selection_metric(results: Dict) -> float:
-    """Model selection as released: mAP of the first protocol (SYSU all-search / RegDB v->t)."""
-    return next(iter(results.values()))["mean"]["mAP"]
-
-
 def train_epoch(model, optimizer, loaders, memories, args, ctx, joint: bool, scaler=None) -> Dict[str, float]:
     """``args.iters`` iterations; in the joint phase each iteration makes two optimizer steps
-    (through ``scaler`` under ``--amp fp16``)."""
+    (through ``scaler`` under ``--amp fp16``). Returns the mean of each loss over the iterations."""
     from tqdm import tqdm
 
     model.train()
@@ -113,41 +101,35 @@ def train_epoch(model, optimizer, loaders, memories, args, ctx, joint: bool, sca
     return mean_over_ranks({k: v / args.iters for k, v in sums.items()}, ctx.dist)
 
 
-def epoch_data(model, data, args, ctx, epoch: int, joint: bool, tag: str):
-    """Features, pseudo-labels, memories and loaders of one epoch (clustering on rank 0 only).
+def cluster_step(model, data, args, ctx, joint: bool):
+    """Step 1 of an epoch (D.2 steps 1-3): flip-averaged features of every training image and their
+    DBSCAN pseudo-labels, per modality (and jointly in the joint phase).
 
-    Memories or loaders are None where the clustering cannot support training this epoch.
+    Returns:
+        feats ``{"rgb": (N_rgb, D), "ir": (N_ir, D)}`` on the training device and labels
+        ``{"rgb": (N_rgb,), "ir": (N_ir,)[, "joint": (N_rgb + N_ir,)]}`` int64, -1 = outlier
+        (clustered on rank 0, the same on every rank).
     """
     feats = {m: extract_train(model, data[m], args, ctx, desc=f"features {m}") for m in (RGB, IR)}
-    labels = run_on_main(lambda: cluster_epoch(feats, args, joint), ctx.dist)
+    return feats, run_on_main(lambda: cluster_epoch(feats, args, joint), ctx.dist)
+
+
+def log_clustering(labels: Dict[str, np.ndarray], data, args, ctx, tag: str) -> Dict[str, float]:
+    """Cluster and outlier counts (and with --report-ari the ARI against ground truth) of the labels
+    ``{"rgb": (N_rgb,), "ir": (N_ir,)[, "joint": (N_rgb + N_ir,)]}``, logged."""
     report = clustering_report(labels, len(data[RGB]))
     if args.report_ari:
-        report.update(ari_report(labels, data))
+        report.update(pseudo_label_ari(labels, {m: pids_of(data[m]) for m in (RGB, IR)}))
     ctx.logger.info(f"{tag} " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                           for k, v in report.items()))
-    rgb_tf, ir_tf = data["transforms"]
-    memories = {m: build_memory(feats[m], labels[m], args, ctx.device) for m in (RGB, IR)}
-    debug_dump(f"stage1_{'joint' if joint else 'intra'}_e{epoch}_labels",
-               {**labels, **{f"memory_{m}": memories[m].features for m in (RGB, IR) if memories[m] is not None}},
-               ctx.dist)
-    loaders = {m: train_loader(data[m], labels[m], tf, args, ctx, epoch, i)
-               for i, (m, tf) in enumerate(((RGB, rgb_tf), (IR, ir_tf)))}
-    if joint:
-        n_rgb = len(data[RGB])
-        modality = torch.cat([torch.zeros(n_rgb, dtype=torch.long), torch.ones(len(data[IR]), dtype=torch.long)])
-        memories["joint"] = build_memory(torch.cat([feats[RGB], feats[IR]]), labels["joint"], args,
-                                         ctx.device, modality=modality)
-        # Only clusters holding both modalities feed the joint loaders (D.3 step 4).
-        lab = labels["joint"].copy()
-        both = np.intersect1d(lab[:n_rgb][lab[:n_rgb] >= 0], lab[n_rgb:][lab[n_rgb:] >= 0])
-        lab[~np.isin(lab, both)] = -1
-        loaders["joint_rgb"] = train_loader(data[RGB], lab[:n_rgb], rgb_tf, args, ctx, epoch, 2)
-        loaders["joint_ir"] = train_loader(data[IR], lab[n_rgb:], ir_tf, args, ctx, epoch, 3)
-        if memories["joint"] is None or loaders["joint_rgb"] is None or loaders["joint_ir"] is None:
-            ctx.logger.warning(f"{tag} too few cross-modality clusters to fill a batch: the joint step is "
-                               "skipped this epoch")
-            memories["joint"] = None
-    return memories, loaders, report
+    return report
+
+
+def notify_labels(labels, memories, phase: str, epoch: int, ctx) -> None:
+    """Tell the observers (callbacks.py) the epoch's pseudo-labels and initial memories."""
+    if OBSERVERS:
+        OBSERVERS.notify("labels", rank=ctx.dist.rank, stage="stage1", phase=phase, epoch=epoch, values=lambda: {
+            **labels, **{f"memory_{m}": memories[m].features for m in (RGB, IR) if memories[m] is not None}})
 
 
 def _phase_checkpoint(phase: str, run_dir: str):
@@ -163,8 +145,9 @@ def _phase_checkpoint(phase: str, run_dir: str):
     return None, None
 
 
-def phase_start(phase: str, model, optimizer, scheduler, ctx) -> (int, float):
-    """Resume a phase from its last.pth, or start the joint phase from the intra phase's best model.
+def phase_start(phase: str, model, optimizer, scheduler, ctx) -> Tuple[int, float]:
+    """Resume a phase from its last.pth, or start the joint phase from the intra phase's best model;
+    returns (first 0-based epoch, best mAP so far or -1).
 
     Rank 0 reads the checkpoint and broadcasts it, so the other ranks need neither a shared file
     system nor a barrier to see the files rank 0 wrote.
@@ -172,39 +155,40 @@ def phase_start(phase: str, model, optimizer, scheduler, ctx) -> (int, float):
     src, ckpt = run_on_main(lambda: _phase_checkpoint(phase, ctx.run_dir), ctx.dist)
     if ckpt is None:
         return 0, -1.0
-    load_model_state(model, ckpt, src)
     if ckpt["phase"] == phase:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ctx.dist.is_main and ckpt.get("metrics"):
-            restore_metrics(ctx.run_dir, ckpt["metrics"])
-        ctx.logger.info(f"resumed {phase} phase from {src}: epoch {ckpt['epoch']} was complete, "
-                        f"continuing with epoch {ckpt['epoch'] + 1}")
-        return ckpt["epoch"], ckpt.get("best_metric") or -1.0
+        return resume_from(ckpt, src, model, optimizer, ctx, scheduler=scheduler, what=f"{phase} phase ")
+    load_model_state(model, ckpt, src)
     ctx.logger.info(f"joint phase starts from {src}")
     return 0, -1.0
 
 
+def epoch_end_of(phase: str, model, args, ctx) -> EpochEnd:
+    """Stage 1's end of an epoch: best mAP, evaluated every --eval-step epochs and after the last."""
+    return EpochEnd(stage="baseline", phase=phase, folder=os.path.join(ctx.run_dir, phase), tag=phase,
+                    select="mAP", due=every_eval_step(args.eval_step, args.epochs),
+                    evaluate=lambda: run_evaluation(model, args, ctx), shown=("loss_", "joint_loss_"),
+                    lr_format=".2e", observed=("stage1", phase))
+
+
 def run_phase(phase: str, model, data, args, ctx) -> None:
-    """One phase of stage 1: a fresh Adam + StepLR, ``args.epochs`` epochs, last/best checkpoints."""
+    """One phase of stage 1 (a fresh Adam + StepLR): per epoch cluster -> memories -> loaders -> train,
+    then evaluate when due and checkpoint."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=0.1)
     start, best = phase_start(phase, model, optimizer, scheduler, ctx)
     scaler = grad_scaler(args.amp, ctx.device)  # float16 only; its scale adapts within a few steps
-    joint = phase == "joint"
+    joint, end = phase == "joint", epoch_end_of(phase, model, args, ctx)
     for epoch in range(start, args.epochs):
-        timer = Timer()
-        tag = f"[{phase} {epoch + 1}/{args.epochs}]"
-        memories, loaders, report = epoch_data(model, data, args, ctx, epoch, joint, tag)
+        timer, tag = Timer(), f"[{phase} {epoch + 1}/{args.epochs}]"
+        feats, labels = cluster_step(model, data, args, ctx, joint)
+        report = log_clustering(labels, data, args, ctx, tag)
+        memories = memories_step(feats, labels, args, ctx, joint)
+        notify_labels(labels, memories, phase, epoch + 1, ctx)
+        loaders = loaders_step(data, labels, args, ctx, epoch, joint)
         lr = current_lr(optimizer)
-        if any(x is None for x in (memories[RGB], memories[IR], loaders[RGB], loaders[IR])):
-            ctx.logger.warning(f"{tag} too few clusters to train (rgb {report['rgb_clusters']}, ir "
-                               f"{report['ir_clusters']} clusters; a batch needs {args.batch_size} images of "
-                               f"pseudo-ids x {args.num_instances}): training skipped this epoch. If this "
-                               "persists, change --eps or --batch-size, or check the data")
-            losses = {}
-        else:
+        losses = {}
+        if trainable(memories, loaders, report, args, ctx, joint, tag):
             losses = train_epoch(model, optimizer, loaders, memories, args, ctx, joint, scaler)
         with warnings.catch_warnings():  # a skipped epoch made no optimizer step; the schedule still advances
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
@@ -212,30 +196,7 @@ def run_phase(phase: str, model, data, args, ctx) -> None:
         record = dict(phase=phase, epoch=epoch + 1, lr=lr, **report, **losses)  # epochs 1-based for people
         if joint:  # False when the joint step was skipped ("too few cross-modality clusters")
             record["joint_trained"] = "joint_loss_rgb" in losses
-        due = args.eval_step > 0 and ((epoch + 1) % args.eval_step == 0 or epoch + 1 == args.epochs)
-        is_best = False
-        if due and ctx.dist.is_main:
-            results = run_evaluation(model, args, ctx)
-            record["eval"] = {k: v["mean"] for k, v in results.items()}
-            metric = selection_metric(results)
-            is_best = metric > best
-            best = max(best, metric)
-        record["seconds"] = timer()
-        sync_buffers(model, ctx.dist)  # all ranks hold the state that rank 0 saves
-        debug_dump(f"stage1_{phase}_e{epoch}_model", state_digest(model), ctx.dist)
-        if ctx.dist.is_main:
-            ckpt = make_checkpoint(model, stage="baseline", phase=phase, dataset=args.dataset, trial=args.trial,
-                                   epoch=epoch + 1, args=vars(args), optimizer=optimizer, scheduler=scheduler,
-                                   metrics=record, best_metric=best)
-            save_checkpoint(ckpt, os.path.join(ctx.run_dir, phase, "last.pth"), ctx.dist)
-            if is_best:  # weights only: resuming reads last.pth, so best.pth needs no optimizer state
-                save_checkpoint(dict(ckpt, optimizer=None, scheduler=None),
-                                os.path.join(ctx.run_dir, phase, "best.pth"), ctx.dist)
-            append_metrics(ctx.run_dir, record)
-        ctx.logger.info(f"[{phase} {epoch + 1}/{args.epochs}] lr {lr:.2e} " +
-                        "  ".join(f"{k} {v:.3f}" for k, v in losses.items()) +
-                        f"  {record['seconds']:.0f}s" + ("  (best)" if is_best else ""))
-        barrier(ctx.dist)
+        best = finish_epoch(end, model, record, best, timer, args, ctx, optimizer, scheduler)
 
 
 def export(model, data, args, ctx) -> str:
@@ -251,28 +212,39 @@ def export(model, data, args, ctx) -> str:
                          {m: feats[m].cpu().numpy() for m in (RGB, IR)}, labels, meta)
     ckpt = make_checkpoint(model, stage="baseline", phase="final", dataset=args.dataset, trial=args.trial,
                            epoch=args.epochs, args=vars(args), metrics=report)
-    save_checkpoint(ckpt, os.path.join(ctx.run_dir, "final.pth"), ctx.dist)
+    write_checkpoint(ckpt, os.path.join(ctx.run_dir, "final.pth"), ctx, "stage1")
     ctx.logger.info(f"stage-1 artifact {path} ({report['rgb_clusters']} rgb / {report['ir_clusters']} ir "
                     f"clusters); checkpoint for stage 2: {os.path.join(ctx.run_dir, 'final.pth')}")
     return path
 
 
+def run_files_exist(ctx, *paths: str) -> Tuple[bool, ...]:
+    """Whether each of ``paths`` (relative to the run directory) exists, as rank 0 sees it (every rank
+    then takes the same branch)."""
+    return run_on_main(lambda: tuple(os.path.exists(os.path.join(ctx.run_dir, p)) for p in paths), ctx.dist)
+
+
+def build_stage1_model(args, ctx):
+    """The network (--arch, --pretrained), wrapped for the devices (DDP, DataParallel or as is)."""
+    model = build_model(arch=args.arch, num_classes=0, pretrained=args.pretrained).to(ctx.device)
+    if args.channels_last:
+        to_channels_last(model)
+    return wrap_model(model, ctx.dist, ctx.device, sync_bn=args.sync_bn)
+
+
 def run_baseline(args) -> str:
-    """The whole of stage 1; returns the run directory."""
+    """The whole of stage 1 (the intra phase, the joint phase, the export); returns the run directory."""
     ctx = prepare_run(args, "baseline", last_checkpoint=os.path.join("intra", "last.pth"))
     configure_backends(ctx.device, args.amp)
-    if run_on_main(lambda: os.path.exists(os.path.join(ctx.run_dir, "final.pth")), ctx.dist):
+    complete, in_joint = run_files_exist(ctx, "final.pth", os.path.join("joint", "last.pth"))
+    if complete:
         ctx.logger.info(f"{ctx.run_dir} is complete (final.pth exists); nothing to do")
         return ctx.run_dir
     rgb, ir = load_train(args.dataset, args.data_dir, args.trial)
     ctx.logger.info(f"training images: {len(rgb)} rgb, {len(ir)} ir")
     data = {RGB: rgb, IR: ir, "transforms": build_train_transforms(args.img_h, args.img_w)}
-    model = build_model(arch=args.arch, num_classes=0, pretrained=args.pretrained).to(ctx.device)
-    if args.channels_last:
-        to_channels_last(model)
-    model = wrap_model(model, ctx.dist, ctx.device, sync_bn=args.sync_bn)
+    model = build_stage1_model(args, ctx)
     decorrelate_rng(args.seed, ctx.dist)
-    in_joint = run_on_main(lambda: os.path.exists(os.path.join(ctx.run_dir, "joint", "last.pth")), ctx.dist)
     for phase in PHASES:
         if phase == "intra" and in_joint:
             continue  # resuming inside the joint phase

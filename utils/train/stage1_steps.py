@@ -1,4 +1,6 @@
-"""Stage-1 building blocks (method.md D.2-D.3): clustering of one epoch, memories, loaders, steps."""
+"""Stage-1 building blocks (method.md D.2-D.3): the clustering of an epoch and its report, the cluster
+memories (:func:`memories_step`), the loaders (:func:`loaders_step`), whether the epoch can train
+(:func:`trainable`) and one training iteration (:func:`memory_step`)."""
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -37,7 +39,13 @@ def cluster_epoch(feats: Dict[str, torch.Tensor], args, joint: bool) -> Dict[str
 
 
 def clustering_report(labels: Dict[str, np.ndarray], n_rgb: int) -> Dict[str, float]:
-    """Cluster and outlier counts per modality, and the joint "associate rate"."""
+    """Cluster and outlier counts per labelling, and the joint "associate rate" (the share of joint
+    clusters that hold both modalities).
+
+    Args:
+        labels: ``{"rgb": (N_rgb,), "ir": (N_ir,)[, "joint": (N_rgb + N_ir,)]}``, -1 = outlier.
+        n_rgb: N_rgb (the joint labels' first N_rgb rows are the rgb images).
+    """
     rep = {}
     for key, lab in labels.items():
         stats = cluster_stats(lab)
@@ -54,8 +62,16 @@ def _modality_vector(n_rgb: int, n: int) -> torch.Tensor:
 
 
 def build_memory(features: torch.Tensor, labels: np.ndarray, args, device,
-                 modality: Optional[torch.Tensor] = None) -> Optional[ClusterMemory]:
-    """A cluster memory initialised with the (mixed) centroids, or None with fewer than 2 clusters."""
+                 modality: Optional[torch.Tensor] = None, world_size: int = 1) -> Optional[ClusterMemory]:
+    """A cluster memory initialised with the (mixed) centroids, or None with fewer than 2 clusters.
+
+    Args:
+        features: (N, D) descriptors; labels: (N,) pseudo-labels, -1 = outlier.
+        modality: (N,) 0 = rgb, 1 = ir: the mixed centroids of the joint phase (None: plain centroids).
+        world_size: processes training together (torchrun); the memory gathers their batches when > 1.
+    Returns:
+        a memory of K = max label + 1 unit centres (K, D) on ``device``, or None when K < 2.
+    """
     lab = torch.as_tensor(labels).to(features.device)
     k = int(lab.max()) + 1 if len(lab) else 0
     if k < 2:
@@ -63,20 +79,22 @@ def build_memory(features: torch.Tensor, labels: np.ndarray, args, device,
     cents = (cluster_centroids(features, lab, k) if modality is None
              else mixed_centroids(features, lab, modality.to(features.device), k))
     mem = ClusterMemory(features.shape[1], k, temp=args.temp, momentum=args.momentum,
-                        use_hard=args.use_hard).to(device)
+                        use_hard=args.use_hard, world_size=world_size).to(device)
     mem.set_centroids(cents.to(device))
     return mem
 
 
 def pass_length(labels: np.ndarray, num_instances: int) -> int:
-    """Images one sampler pass emits: ``num_instances`` per pseudo-id, 1 for a single-image id."""
+    """Images one sampler pass emits for (N,) pseudo-labels (-1 = outlier): ``num_instances`` per
+    pseudo-id, 1 for a single-image id."""
     counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, np.int64)
     counts = counts[counts > 0]
     return int(np.where(counts > 1, num_instances, 1).sum())
 
 
 def train_loader(samples, labels: np.ndarray, transform, args, ctx, epoch: int, stream: int) -> Optional[DataLoader]:
-    """Loader of ``args.iters`` batches of P pseudo-ids x ``num_instances`` images (D.2 step 5).
+    """Loader of ``args.iters`` batches of P pseudo-ids x ``num_instances`` images (D.2 step 5) over
+    ``samples`` with their (N,) pseudo-labels (-1 = outlier, never sampled); ``stream`` seeds its sampler.
 
     Returns None when the clustered samples cannot fill one batch (the epoch's training is skipped).
     """
@@ -99,7 +117,9 @@ def memory_step(model, rgb_batch, ir_batch, mem_rgb, mem_ir, device,
                 amp: AmpMode = "off") -> Dict[str, torch.Tensor]:
     """Losses of one iteration: NCE(M_rgb; both rgb views) + NCE(M_ir; ir) (method.md D.2 step 8, D.3 step 5).
 
-    ``rgb_batch`` = ((view_a, view_b), labels, cams, idx); ``ir_batch`` = (img, labels, cams, idx).
+    ``rgb_batch`` = ((view_a, view_b), labels, cams, idx) with views (B, 3, H, W) and labels (B,);
+    ``ir_batch`` = (img (B', 3, H, W), labels (B',), cams, idx). Returns scalar ``loss_rgb`` (over the
+    2B view rows) and ``loss_ir``.
     In the joint phase both memories are the mixed memory. ``amp`` (an ``--amp`` value) autocasts the
     network's forward only: its features are cast to float32 before the memories (their softmax, their
     update in backward) see them.
@@ -120,6 +140,54 @@ def memory_step(model, rgb_batch, ir_batch, mem_rgb, mem_ir, device,
     # memory, which updates in backward, so the call order decides which modality writes a row last.
     loss_ir = mem_ir(feat[n:], y_ir)
     return {"loss_rgb": mem_rgb(feat[:n], torch.cat([y_rgb, y_rgb])), "loss_ir": loss_ir}
+
+
+def memories_step(feats, labels, args, ctx, joint: bool) -> Dict[str, Optional[ClusterMemory]]:
+    """Step 2 (D.2 step 4, D.3 step 3): one cluster memory per modality initialised with its centroids,
+    and in the joint phase the mixed memory of the joint clusters; None where fewer than 2 clusters.
+
+    ``feats``: ``{"rgb": (N_rgb, D), "ir": (N_ir, D)}``; ``labels`` as :func:`cluster_epoch` returns them.
+    Returns ``{"rgb", "ir"[, "joint"]}`` memories of (K, D) unit centres.
+    """
+    world = ctx.dist.world_size
+    memories = {m: build_memory(feats[m], labels[m], args, ctx.device, world_size=world) for m in (RGB, IR)}
+    if joint:
+        modality = _modality_vector(len(feats[RGB]), len(feats[RGB]) + len(feats[IR]))
+        memories["joint"] = build_memory(torch.cat([feats[RGB], feats[IR]]), labels["joint"], args, ctx.device,
+                                         modality=modality, world_size=world)
+    return memories
+
+
+def loaders_step(data, labels, args, ctx, epoch: int, joint: bool) -> Dict[str, Optional[DataLoader]]:
+    """Step 3 (D.2 step 5): the loaders of P pseudo-ids x K images per modality; in the joint phase also
+    the joint loaders, fed only by clusters that hold both modalities (D.3 step 4). None where the
+    clustered images cannot fill a batch."""
+    rgb_tf, ir_tf = data["transforms"]
+    loaders = {m: train_loader(data[m], labels[m], tf, args, ctx, epoch, i)
+               for i, (m, tf) in enumerate(((RGB, rgb_tf), (IR, ir_tf)))}
+    if joint:
+        n_rgb, lab = len(data[RGB]), labels["joint"].copy()
+        both = np.intersect1d(lab[:n_rgb][lab[:n_rgb] >= 0], lab[n_rgb:][lab[n_rgb:] >= 0])
+        lab[~np.isin(lab, both)] = -1
+        loaders["joint_rgb"] = train_loader(data[RGB], lab[:n_rgb], rgb_tf, args, ctx, epoch, 2)
+        loaders["joint_ir"] = train_loader(data[IR], lab[n_rgb:], ir_tf, args, ctx, epoch, 3)
+    return loaders
+
+
+def trainable(memories, loaders, report, args, ctx, joint: bool, tag: str) -> bool:
+    """Whether this epoch's clustering supports training; warns (and drops the joint step when it alone
+    cannot run) otherwise."""
+    if joint and (memories["joint"] is None or loaders["joint_rgb"] is None or loaders["joint_ir"] is None):
+        ctx.logger.warning(f"{tag} too few cross-modality clusters to fill a batch: the joint step is "
+                           "skipped this epoch")
+        memories["joint"] = None
+    if any(x is None for x in (memories[RGB], memories[IR], loaders[RGB], loaders[IR])):
+        ctx.logger.warning(f"{tag} too few clusters to train (rgb {report['rgb_clusters']}, ir "
+                           f"{report['ir_clusters']} clusters; a batch needs {args.batch_size} images of "
+                           f"pseudo-ids x {args.num_instances}): training skipped this epoch. If this "
+                           "persists, change --eps or --batch-size, or check the data")
+        return False
+    return True
 
 
 def current_lr(optimizer) -> float:

@@ -1,17 +1,20 @@
 """Stage 2 (method.md E, F): multi-memory learning and matching, then training with fixed labels.
 
-Start-up: stage-1 checkpoint + artifact -> MMLM (visible labels rewritten into the infrared label
-space) -> model (stage-1 weights with --init baseline, ImageNet with --init imagenet) -> epochs:
-warm-up with hard labels, then clean-probability pass -> training pass -> prototype refresh.
+:func:`run_mmm`: stage-1 checkpoint -> :func:`matching_step` (MMLM, once: visible labels rewritten
+into the infrared label space) -> :func:`training_set` -> :func:`build_training` (stage-1 weights with
+--init baseline, ImageNet with --init imagenet) -> per epoch (the first --warm-epochs train with hard
+labels) :func:`clean_step` (clean probabilities) -> :func:`train_epoch` -> ``prototype_pass``
+(prototypes) -> :func:`end_of_epoch` (evaluate, best Rank-1, checkpoints; utils/train/epoch_end.py).
 """
 from __future__ import annotations
 
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
+from clustering.ari import matching_ari
 from clustering.mmlm import multi_memory_matching
 from data.datasets import load_train
 from data.sample import IR, RGB, DataError, pids_of
@@ -20,20 +23,24 @@ from memory.gmm import clean_probabilities
 from model import build_model, to_channels_last
 from model.agw import param_groups_stage2
 from utils.artifacts import align_to_samples, find_artifact, load_artifact, relative_paths
-from utils.checkpoint import (check_compatible, load_checkpoint, load_model_state, make_checkpoint,
-                              save_checkpoint)
+from utils.checkpoint import check_compatible, load_checkpoint, load_model_state
 from utils.device import configure_backends, grad_scaler, optimizer_step, unwrap
-from utils.distributed import (barrier, debug_dump, decorrelate_rng, run_on_main, state_digest,
-                               sync_buffers, wrap_model)
+from utils.distributed import decorrelate_rng, run_on_main, wrap_model
 from utils.evaluation.protocols import evaluate, format_results
-from utils.train.stage2_steps import (batch_losses, forward_batch, full_pass, gather_outputs, identity_pass, loader,
-                             paired_dataset, per_sample_losses, prototype_pass, set_lr)
 from utils.run import Timer, prepare_run
-from utils.runlog import append_metrics, restore_metrics
+from utils.train.callbacks import OBSERVERS
+from utils.train.epoch_end import EpochEnd, finish_epoch, resume_from
+from utils.train.stage2_steps import (batch_losses, forward_batch, full_pass, gather_outputs, identity_pass,
+                                      loader, paired_dataset, per_sample_losses, prototype_pass, set_lr)
 
 
-def matched_labels(args, ctx, rgb, ir) -> Dict[str, np.ndarray]:
-    """Stage-1 artifact -> MMLM -> labels of every training sample (rgb in the ir label space)."""
+def match_clusters(args, ctx, rgb, ir) -> Dict[str, np.ndarray]:
+    """Multi-memory learning and matching (E), on rank 0: stage-1 artifact -> MMLM -> the labels of every
+    training sample, visible ones rewritten into the infrared label space; saved as mmlm_labels.npz.
+
+    Returns:
+        ``{"rgb": (N_rgb,), "ir": (N_ir,)}`` int64 labels, -1 = outlier.
+    """
     path = args.baseline_artifact or find_artifact(args.resume_net1)
     art = load_artifact(path)
     meta = art["meta"]
@@ -51,11 +58,10 @@ def matched_labels(args, ctx, rgb, ir) -> Dict[str, np.ndarray]:
                     f"{info['ir_unmatched']} ir clusters without an rgb partner, {info['rgb_shared']} rgb clusters sharing one, "
                     f"{info.get('seconds', 0):.2f}s")
     if args.report_ari:
-        from clustering.mmlm import report_ari
-        before = report_ari(l_rgb, pids_of(rgb), l_ir, pids_of(ir))
-        after = report_ari(new_rgb, pids_of(rgb), l_ir, pids_of(ir))
-        ctx.logger.info("ARI before matching " + "  ".join(f"{k} {v:.3f}" for k, v in before.items()) +
-                        " | after " + "  ".join(f"{k} {v:.3f}" for k, v in after.items()))
+        before = matching_ari(l_rgb, pids_of(rgb), l_ir, pids_of(ir))
+        after = matching_ari(new_rgb, pids_of(rgb), l_ir, pids_of(ir))
+        ctx.logger.info("ARI before matching " + "  ".join(f"{k[4:]} {v:.3f}" for k, v in before.items()) +
+                        " | after " + "  ".join(f"{k[4:]} {v:.3f}" for k, v in after.items()))
     labels = {"rgb": new_rgb, "ir": l_ir}
     save_matched_labels(ctx.run_dir, args.data_dir, rgb, ir, labels)
     return labels
@@ -70,15 +76,29 @@ def save_matched_labels(run_dir: str, data_dir: str, rgb, ir, labels: Dict[str, 
     return path
 
 
-def training_data(args, ctx) -> Dict:
-    """Labelled samples of both modalities (outliers dropped); classes = infrared clusters."""
+def training_samples(args, ctx):
+    """(rgb, ir) training samples, after checking that --batch-ids splits over the processes."""
     world = ctx.dist.world_size
     if args.batch_ids % world:
         raise DataError(f"--batch-ids {args.batch_ids} must be a multiple of the number of processes ({world}): "
                         "the batch is split across them by whole identities")
-    rgb, ir = load_train(args.dataset, args.data_dir, args.trial)
-    labels = run_on_main(lambda: matched_labels(args, ctx, rgb, ir), ctx.dist)
-    debug_dump("stage2_labels", labels, ctx.dist)
+    return load_train(args.dataset, args.data_dir, args.trial)
+
+
+def matching_step(args, ctx, rgb, ir) -> Dict[str, np.ndarray]:
+    """:func:`match_clusters` on rank 0, its labels on every rank (observers hear of them)."""
+    labels = run_on_main(lambda: match_clusters(args, ctx, rgb, ir), ctx.dist)
+    if OBSERVERS:
+        OBSERVERS.notify("labels", rank=ctx.dist.rank, stage="stage2", phase=None, epoch=None, values=lambda: labels)
+    return labels
+
+
+def training_set(rgb, ir, labels: Dict[str, np.ndarray], args, ctx) -> Dict:
+    """Labelled samples of both modalities (outliers dropped); classes = infrared clusters.
+
+    Returns ``{"rgb": [Sample], "ir": [Sample], "labels_rgb": (N_rgb,), "labels_ir": (N_ir,),
+    "num_classes": C}``.
+    """
     keep_rgb, keep_ir = labels["rgb"] >= 0, labels["ir"] >= 0
     data = {"rgb": [s for s, k in zip(rgb, keep_rgb) if k], "ir": [s for s, k in zip(ir, keep_ir) if k],
             "labels_rgb": labels["rgb"][keep_rgb], "labels_ir": labels["ir"][keep_ir]}
@@ -114,10 +134,33 @@ def build_stage2_model(args, ctx, num_classes: int, ckpt: Dict):
     return model.to(ctx.device)
 
 
+def build_training(args, ctx, num_classes: int, stage1: Dict):
+    """Model, SGD, prototypes (three (C, D) zero banks: "v1", "v2", "ir"), restored from last.pth with
+    --resume; the model is then wrapped for the devices. Returns (model, optimizer, protos, start, best)."""
+    model = build_stage2_model(args, ctx, num_classes, stage1)
+    optimizer = torch.optim.SGD(param_groups_stage2(model, args.lr), lr=args.lr, momentum=0.9,
+                                weight_decay=args.weight_decay, nesterov=True)
+    protos = {k: torch.zeros(num_classes, unwrap(model).dim, device=ctx.device) for k in ("v1", "v2", "ir")}
+    start, best = resume(model, optimizer, protos, args, ctx)
+    if args.channels_last:
+        to_channels_last(model)
+    # One GPU without torchrun, as released: DataParallel would split the mixed batch and change
+    # each stem's BatchNorm statistics.
+    model = wrap_model(model, ctx.dist, ctx.device, sync_bn=args.sync_bn, data_parallel=False)
+    if not ctx.dist.enabled and ctx.device.type == "cuda" and torch.cuda.device_count() > 1:
+        ctx.logger.warning(f"stage 2 trains on one GPU ({ctx.device}) as released; use torchrun for several")
+    decorrelate_rng(args.seed, ctx.dist)
+    return model, optimizer, protos, start, best
+
+
 def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch: int,
                 scaler=None) -> Dict[str, float]:
     """One pass of the cross-modal identity sampler with the loss of F.6 (warm-up: plain CE); optimizer
-    steps go through ``scaler`` under ``--amp fp16``."""
+    steps go through ``scaler`` under ``--amp fp16``. Returns the mean of each loss over the pass.
+
+    ``probs`` (None in the warm-up): clean probabilities ``{"v1": (N_rgb,), "v2": (N_rgb,), "ir": (N_ir,)}``;
+    ``protos``: last epoch's prototypes, each (C, D).
+    """
     from tqdm import tqdm
 
     warm = epoch < args.warm_epochs
@@ -130,7 +173,7 @@ def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch
         # The losses see the global batch (triplet negatives come from every rank's identities).
         o = gather_outputs(forward_batch(model, batch, ctx.device, args.amp), ctx.dist)
         if warm:
-            losses = {"id": torch.nn.functional.cross_entropy(o["logits"], torch.cat([o["y"], o["y"], o["z"]]))}
+            losses = {"id": torch.nn.functional.cross_entropy(o.logits, o.logit_labels())}
         else:
             losses = batch_losses(o, probs, protos, args, epoch)
         loss = sum(losses.values())
@@ -146,50 +189,49 @@ def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch
     return {f"loss_{k}": v / max(len(sampler), 1) for k, v in sums.items()}
 
 
-def clean_probs(model, dataset, data, args, ctx, epoch: int) -> Dict[str, torch.Tensor]:
-    """GMM clean probabilities of every sample (computed on rank 0 from the gathered losses)."""
+def clean_step(model, dataset, data, args, ctx, epoch: int) -> Dict[str, torch.Tensor]:
+    """Clean probabilities (F.5 steps 1-3): per-sample losses of a full pass, then the Gaussian mixture
+    (on rank 0, from the gathered losses). Returns ``{"v1": (N_rgb,), "v2": (N_rgb,), "ir": (N_ir,)}``
+    float32 on the training device."""
     lv1, lv2, lir = per_sample_losses(model, dataset, full_pass(data, args, ctx, epoch + 10_000), args, ctx,
                                       len(data["rgb"]), len(data["ir"]))
     p = run_on_main(lambda: clean_probabilities(lv1, lv2, lir, seed=args.seed), ctx.dist)
-    debug_dump(f"stage2_e{epoch}_clean", dict(zip(("v1", "v2", "ir"), p)), ctx.dist)
+    if OBSERVERS:
+        OBSERVERS.notify("clean", rank=ctx.dist.rank, stage="stage2", phase=None, epoch=epoch + 1,
+                         values=lambda: dict(zip(("v1", "v2", "ir"), p)))
     return {k: torch.as_tensor(v, dtype=torch.float32, device=ctx.device) for k, v in zip(("v1", "v2", "ir"), p)}
 
 
+def clean_summary(probs: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    """Mean clean probability and share above 1/2 of each of ``{"v1": (N_rgb,), "v2": (N_rgb,), "ir":
+    (N_ir,)}`` (metrics.jsonl ``clean_*``)."""
+    out = {f"clean_{k}_mean": float(v.mean()) for k, v in probs.items()}
+    out.update({f"clean_{k}_above_half": float((v > 0.5).float().mean()) for k, v in probs.items()})
+    return out
+
+
 def run_mmm(args) -> str:
-    """The whole of stage 2; returns the run directory."""
+    """The whole of stage 2 (returns the run directory): match the stage-1 clusters once (MMLM), then
+    per epoch clean probabilities -> train -> prototypes (the first --warm-epochs train with hard labels)."""
     ctx = prepare_run(args, "mmm", last_checkpoint="last.pth")
     configure_backends(ctx.device, args.amp)
     stage1 = stage1_checkpoint(args, ctx)
-    data = training_data(args, ctx)
-    model = build_stage2_model(args, ctx, data["num_classes"], stage1)
-    optimizer = torch.optim.SGD(param_groups_stage2(model, args.lr), lr=args.lr, momentum=0.9,
-                                weight_decay=args.weight_decay, nesterov=True)
-    dim, n_cls = unwrap(model).dim, data["num_classes"]
-    protos = {k: torch.zeros(n_cls, dim, device=ctx.device) for k in ("v1", "v2", "ir")}
-    start, best = resume(model, optimizer, protos, args, ctx)
-    if args.channels_last:
-        to_channels_last(model)
-    # One GPU without torchrun, as released: DataParallel would split the mixed batch and change
-    # each stem's BatchNorm statistics.
-    model = wrap_model(model, ctx.dist, ctx.device, sync_bn=args.sync_bn, data_parallel=False)
-    if not ctx.dist.enabled and ctx.device.type == "cuda" and torch.cuda.device_count() > 1:
-        ctx.logger.warning(f"stage 2 trains on one GPU ({ctx.device}) as released; use torchrun for several")
-    decorrelate_rng(args.seed, ctx.dist)
+    rgb, ir = training_samples(args, ctx)
+    data = training_set(rgb, ir, matching_step(args, ctx, rgb, ir), args, ctx)
+    model, optimizer, protos, start, best = build_training(args, ctx, data["num_classes"], stage1)
     scaler = grad_scaler(args.amp, ctx.device)  # float16 only
     dataset = paired_dataset(data, build_train_transforms(args.img_h, args.img_w), args, ctx.cache(args, "lanczos"))
     for epoch in range(start, args.epochs):
         timer, lr = Timer(), set_lr(optimizer, epoch, args.lr)
         record: Dict = {"epoch": epoch + 1, "lr": lr}  # epochs 1-based for people
-        probs = None
+        probs: Optional[Dict[str, torch.Tensor]] = None
         if epoch >= args.warm_epochs:
-            probs = clean_probs(model, dataset, data, args, ctx, epoch)
-            record.update({f"clean_{k}_mean": float(v.mean()) for k, v in probs.items()})
-            record.update({f"clean_{k}_above_half": float((v > 0.5).float().mean()) for k, v in probs.items()})
+            probs = clean_step(model, dataset, data, args, ctx, epoch)
+            record.update(clean_summary(probs))
         record.update(train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch, scaler))
         if probs is not None:
             protos = prototype_pass(model, dataset, identity_pass(data, args, ctx, epoch), probs, protos, args, ctx)
         best = end_of_epoch(model, optimizer, protos, record, best, args, ctx, timer)
-        barrier(ctx.dist)
     return ctx.run_dir
 
 
@@ -210,40 +252,30 @@ def evaluation_due(epoch: int, eval_step: int, epochs: int) -> bool:
     return epoch == epochs or (epoch > 1 and epoch % eval_step == 0)
 
 
+def run_evaluation(model, args, ctx, options: Dict) -> Dict:
+    """The test protocol on the trial-0 gallery (as released); logs the MEAN lines."""
+    results = evaluate(unwrap(model), args.dataset, args.data_dir, device=ctx.device,
+                       cache=ctx.cache(args, "lanczos"), **options)
+    for line in format_results(results):
+        if "MEAN" in line:
+            ctx.logger.info(line)
+    return results
+
+
 def end_of_epoch(model, optimizer, protos, record, best, args, ctx, timer) -> float:
-    """Evaluate (when :func:`evaluation_due`, trial-0 gallery as released), checkpoint, log; returns the
-    best Rank-1."""
-    epoch = record["epoch"]  # 1-based
-    due = evaluation_due(epoch, args.eval_step, args.epochs)
-    is_best = False
-    if due and ctx.dist.is_main:
-        results = evaluate(unwrap(model), args.dataset, args.data_dir, device=ctx.device,
-                           cache=ctx.cache(args, "lanczos"), **eval_options(args))
-        record["eval"] = {k: v["mean"] for k, v in results.items()}
-        for line in format_results(results):
-            if "MEAN" in line:
-                ctx.logger.info(line)
-        r1 = next(iter(results.values()))["mean"]["r1"]
-        is_best, best = r1 > best, max(best, r1)
-    record["seconds"] = timer()
-    sync_buffers(model, ctx.dist)  # all ranks hold the state that rank 0 saves
-    debug_dump(f"stage2_e{epoch - 1}_model", {**state_digest(model), **protos}, ctx.dist)  # 0-based tags
-    if ctx.dist.is_main:
-        ckpt = make_checkpoint(model, stage="mmm", phase="train", dataset=args.dataset, trial=args.trial,
-                               epoch=epoch, args=vars(args), optimizer=optimizer, metrics=record,
-                               best_metric=best, extra={"prototypes": {k: v.cpu() for k, v in protos.items()}})
-        save_checkpoint(ckpt, os.path.join(ctx.run_dir, "last.pth"), ctx.dist)
-        if is_best:  # weights and prototypes only: resuming reads last.pth
-            save_checkpoint(dict(ckpt, optimizer=None), os.path.join(ctx.run_dir, "best.pth"), ctx.dist)
-        append_metrics(ctx.run_dir, record)
-    ctx.logger.info(f"[mmm {epoch}/{args.epochs}] lr {record['lr']:.4f} " +
-                    "  ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("loss_", "clean_"))) +
-                    f"  {record['seconds']:.0f}s" + ("  (best)" if is_best else ""))
-    return best
+    """Evaluate (when :func:`evaluation_due`), checkpoint with the prototypes ``{"v1", "v2", "ir"}``, each
+    (C, D), log; returns the best Rank-1."""
+    end = EpochEnd(stage="mmm", phase="train", folder=ctx.run_dir, tag="mmm", select="r1",
+                   due=lambda epoch: evaluation_due(epoch, args.eval_step, args.epochs),
+                   evaluate=lambda: run_evaluation(model, args, ctx, eval_options(args)),
+                   shown=("loss_", "clean_"), lr_format=".4f", observed=("stage2", None))
+    return finish_epoch(end, model, record, best, timer, args, ctx, optimizer,
+                        extra={"prototypes": {k: v.cpu() for k, v in protos.items()}}, observed=protos)
 
 
 def resume(model, optimizer, protos, args, ctx):
-    """With --resume and an existing last.pth: restore model, optimizer, prototypes; (start epoch, best).
+    """With --resume and an existing last.pth: restore model, optimizer and the prototypes (copied into
+    ``protos``, each (C, D)); returns (start epoch, best Rank-1).
 
     Rank 0 reads the checkpoint and broadcasts it (no shared file system or barrier needed).
     """
@@ -251,12 +283,6 @@ def resume(model, optimizer, protos, args, ctx):
     ckpt = run_on_main(lambda: load_checkpoint(last) if args.resume and os.path.exists(last) else None, ctx.dist)
     if ckpt is None:
         return 0, -1.0
-    load_model_state(model, ckpt, last)
-    optimizer.load_state_dict(ckpt["optimizer"])
     for k, v in ckpt["extra"]["prototypes"].items():
         protos[k].copy_(v)
-    if ctx.dist.is_main and ckpt.get("metrics"):
-        restore_metrics(ctx.run_dir, ckpt["metrics"])
-    ctx.logger.info(f"resumed from {last}: epoch {ckpt['epoch']} was complete, continuing with epoch "
-                    f"{ckpt['epoch'] + 1}")
-    return ckpt["epoch"], ckpt.get("best_metric") or -1.0
+    return resume_from(ckpt, last, model, optimizer, ctx)

@@ -1,7 +1,7 @@
 """Stage-2 building blocks (method.md F): pseudo-labels from MMLM, loaders, the three passes."""
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, NamedTuple, Tuple
 
 import numpy as np
 import torch
@@ -91,8 +91,37 @@ def identity_pass(data, args, ctx, epoch: int) -> CrossModalIdentitySampler:
     return s
 
 
-def forward_batch(model, batch, device, amp: AmpMode = "off") -> Dict[str, torch.Tensor]:
-    """One mixed forward of (view1, view2, ir): pooled features a, b, t, logits, labels y, z, indices.
+class Stage2Batch(NamedTuple):
+    """Outputs of one mixed forward of (view 1, view 2, ir) over B (rgb, ir) pairs, float32.
+
+    Attributes:
+        rgb1: (B, D) pooled features of the first augmented view of the rgb images.
+        rgb2: (B, D) pooled features of the second view.
+        ir: (B, D) pooled features of the ir images.
+        logits: (3B, C) classifier logits of the rows [rgb1; rgb2; ir].
+        labels_rgb: (B,) int64 class (ir cluster) of each rgb image.
+        labels_ir: (B,) int64 class of each ir image.
+        index_rgb: (B,) int64 row of each rgb image in the training set (clean probabilities).
+        index_ir: (B,) int64 row of each ir image.
+    """
+
+    rgb1: torch.Tensor
+    rgb2: torch.Tensor
+    ir: torch.Tensor
+    logits: torch.Tensor
+    labels_rgb: torch.Tensor
+    labels_ir: torch.Tensor
+    index_rgb: torch.Tensor
+    index_ir: torch.Tensor
+
+    def logit_labels(self) -> torch.Tensor:
+        """(3B,) labels of the logits rows: [labels_rgb; labels_rgb; labels_ir]."""
+        return torch.cat([self.labels_rgb, self.labels_rgb, self.labels_ir])
+
+
+def forward_batch(model, batch, device, amp: AmpMode = "off") -> Stage2Batch:
+    """One mixed forward of a loader batch ((view1, view2), labels, cams, idx, ir, labels, cams, idx):
+    views and ir images (B, 3, H, W), labels and indices (B,).
 
     ``amp`` (an ``--amp`` value) autocasts the network only; features and logits come back float32, so
     the losses, the prototypes and the clean-probability losses are computed in float32.
@@ -107,36 +136,40 @@ def forward_batch(model, batch, device, amp: AmpMode = "off") -> Dict[str, torch
     if order is not None:
         pool, logits = pool[order.to(pool.device)], logits[order.to(pool.device)]
     n = len(v1)
-    return dict(a=pool[:n], b=pool[n:2 * n], t=pool[2 * n:], logits=logits, y=y.to(device), z=z.to(device),
-                i_rgb=i_rgb.to(device), i_ir=i_ir.to(device))
+    return Stage2Batch(rgb1=pool[:n], rgb2=pool[n:2 * n], ir=pool[2 * n:], logits=logits, labels_rgb=y.to(device),
+                       labels_ir=z.to(device), index_rgb=i_rgb.to(device), index_ir=i_ir.to(device))
 
 
-def gather_outputs(o: Dict[str, torch.Tensor], dist) -> Dict[str, torch.Tensor]:
+def gather_outputs(o: Stage2Batch, dist) -> Stage2Batch:
     """:func:`forward_batch` outputs of the global batch under torchrun (rank order = the
-    single-process batch); only this rank's rows carry gradients (see ``gather_keep_grad``)."""
+    single-process batch: B becomes world_size x B); only this rank's rows carry gradients (see
+    ``gather_keep_grad``)."""
     if not dist.enabled:
         return o
-    out = {k: gather_keep_grad(o[k], dist) for k in ("a", "b", "t", "y", "z", "i_rgb", "i_ir")}
+    out = {k: gather_keep_grad(v, dist) for k, v in o._asdict().items() if k != "logits"}
     # logits are [view1; view2; ir] rows: gather each block so the global order stays the same.
-    n = len(o["a"])
-    blocks = (o["logits"][:n], o["logits"][n:2 * n], o["logits"][2 * n:])
-    out["logits"] = torch.cat([gather_keep_grad(x, dist) for x in blocks])
-    return out
+    n = len(o.rgb1)
+    blocks = (o.logits[:n], o.logits[n:2 * n], o.logits[2 * n:])
+    return Stage2Batch(logits=torch.cat([gather_keep_grad(x, dist) for x in blocks]), **out)
 
 
-def batch_losses(o, probs, protos, args, epoch: int) -> Dict[str, torch.Tensor]:
-    """L = L_id + L_tri + lambda_intra L_intra + lambda_inter L_inter (F.6), each term named."""
-    y3 = torch.cat([o["y"], o["y"], o["z"]])
-    pa, pb, pt = probs["v1"][o["i_rgb"]], probs["v2"][o["i_rgb"]], probs["ir"][o["i_ir"]]
+def batch_losses(o: Stage2Batch, probs, protos, args, epoch: int) -> Dict[str, torch.Tensor]:
+    """L = L_id + L_tri + lambda_intra L_intra + lambda_inter L_inter (F.6), each term named (scalars).
+
+    ``probs``: clean probabilities ``{"v1": (N_rgb,), "v2": (N_rgb,), "ir": (N_ir,)}``; ``protos``: last
+    epoch's prototypes ``{"v1", "v2", "ir"}``, each (C, D).
+    """
+    y3 = o.logit_labels()
+    pa, pb, pt = probs["v1"][o.index_rgb], probs["v2"][o.index_rgb], probs["ir"][o.index_ir]
     weights = torch.cat([pa, pb, pt]) if args.id_loss == "soft" else None
-    losses = {"id": soft_id_loss(o["logits"], y3, weights),
-              "tri": batch_hard_triplet(torch.cat([o["a"], o["b"], o["t"]]), y3, margin=args.margin)}
+    losses = {"id": soft_id_loss(o.logits, y3, weights),
+              "tri": batch_hard_triplet(torch.cat([o.rgb1, o.rgb2, o.ir]), y3, margin=args.margin)}
     if args.intra_weight > 0:
         losses["intra"] = args.intra_weight * intra_modality_loss(
-            o["a"], o["b"], o["t"], o["y"], o["z"], pa, pb, pt, protos["v1"], protos["v2"], protos["ir"],
+            o.rgb1, o.rgb2, o.ir, o.labels_rgb, o.labels_ir, pa, pb, pt, protos["v1"], protos["v2"], protos["ir"],
             kind=args.intra_loss)
     if args.inter_weight > 0 and epoch >= args.inter_start_epoch:
-        losses["inter"] = args.inter_weight * inter_modality_loss(o["a"], o["b"], o["t"], o["y"], o["z"])
+        losses["inter"] = args.inter_weight * inter_modality_loss(o.rgb1, o.rgb2, o.ir, o.labels_rgb, o.labels_ir)
     return losses
 
 
@@ -154,9 +187,9 @@ def per_sample_losses(model, dataset, sampler, args, ctx, n_rgb: int, n_ir: int)
     loss = {k: torch.full((n,), -1.0, device=dev) for k, n in (("v1", n_rgb), ("v2", n_rgb), ("ir", n_ir))}
     for batch in loader(dataset, sampler, args, dev):
         o = forward_batch(model, batch, dev, args.amp)
-        n = len(o["a"])
-        ce = F.cross_entropy(o["logits"], torch.cat([o["y"], o["y"], o["z"]]), reduction="none")
-        rows = {"v1": (o["i_rgb"], ce[:n]), "v2": (o["i_rgb"], ce[n:2 * n]), "ir": (o["i_ir"], ce[2 * n:])}
+        n = len(o.rgb1)
+        ce = F.cross_entropy(o.logits, o.logit_labels(), reduction="none")
+        rows = {"v1": (o.index_rgb, ce[:n]), "v2": (o.index_rgb, ce[n:2 * n]), "ir": (o.index_ir, ce[2 * n:])}
         for key, (idx, val) in rows.items():
             if ctx.dist.enabled:  # every rank needs every rank's visits
                 idx = all_gather_rows(idx, ctx.dist, len(idx) * ctx.dist.world_size)
@@ -167,15 +200,20 @@ def per_sample_losses(model, dataset, sampler, args, ctx, n_rgb: int, n_ir: int)
 
 @torch.no_grad()
 def prototype_pass(model, dataset, sampler, probs, old, args, ctx) -> Dict[str, torch.Tensor]:
-    """Prototype refresh (F.5 step 4): Σ p·f / count per class over a pass of the training batches."""
+    """Prototype refresh (F.5 step 4): Σ p·f / count per class over a pass of the training batches.
+
+    ``probs``: clean probabilities ``{"v1": (N_rgb,), "v2": (N_rgb,), "ir": (N_ir,)}``; ``old``: the
+    prototypes ``{"v1", "v2", "ir"}``, each (C, D), kept for classes the pass never saw. Returns the new
+    ones, each (C, D) (summed over ranks under torchrun).
+    """
     model.train()
     dev = ctx.device
     acc = {k: PrototypeAccumulator(old[k].shape[0], old[k].shape[1], device=dev) for k in old}
     for batch in loader(dataset, sampler, args, dev):
         o = forward_batch(model, batch, dev, args.amp)
-        acc["v1"].add(o["a"].float(), o["y"], probs["v1"][o["i_rgb"]])
-        acc["v2"].add(o["b"].float(), o["y"], probs["v2"][o["i_rgb"]])
-        acc["ir"].add(o["t"].float(), o["z"], probs["ir"][o["i_ir"]])
+        acc["v1"].add(o.rgb1.float(), o.labels_rgb, probs["v1"][o.index_rgb])
+        acc["v2"].add(o.rgb2.float(), o.labels_rgb, probs["v2"][o.index_rgb])
+        acc["ir"].add(o.ir.float(), o.labels_ir, probs["ir"][o.index_ir])
     if ctx.dist.enabled:
         import torch.distributed as tdist
         for a in acc.values():

@@ -1,0 +1,232 @@
+"""Helpers of the end-to-end tests (tests/test_e2e_*.py, tests/test_llcm.py): the small but real settings
+of the entry points, a subprocess runner that can kill everything it started when the test session is
+interrupted, interruption of a run at a checkpoint, the assertions shared by the tests, and the records the
+jobs of tests/e2e_jobs.py hand to the tests.
+
+Interruptions wait for a checkpoint *and* its metrics line before sending the signal, so the kill never
+depends on timing (the next write is a whole epoch away); the window between those two writes is tested on
+its own, deterministically (``test_resume_after_kill_between_checkpoint_and_metrics`` in
+tests/test_e2e_stage1.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence, Set
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small but real settings: resnet18 from random weights on 32x16 inputs, batches of 4 pseudo-ids x 4.
+TINY = ["--device", "cpu", "--arch", "resnet18", "--img-h", "32", "--img-w", "16", "--workers", "0"]
+# Stage 1: 2 epochs per phase, 2 iterations each; evaluation at the second epoch of each phase.
+# eps/k1 fit ~10 images per identity (the defaults are for the real datasets' hundreds of images).
+STAGE1 = TINY + ["--pretrained", "none", "--epochs", "2", "--iters", "2", "--batch-size", "16",
+                 "--num-instances", "4", "--k1", "15", "--eps", "0.45", "--k1-joint", "20",
+                 "--k2-joint", "10", "--eval-step", "2", "--report-ari"]
+# Stage 2: one warm-up epoch, then one epoch with the GMM, prototypes and all four losses.
+# One-to-one (Hungarian) matching and 2 ids per batch: a stage 1 of 2 x 2 iterations from random weights
+# leaves only a handful of ir clusters, and how many depends on the CPU's rounding (3 on some machines).
+STAGE2 = TINY + ["--epochs", "2", "--warm-epochs", "1", "--lr", "0.02", "--matching", "hungarian",
+                 "--batch-ids", "2", "--num-pos", "4", "--eval-step", "2"]
+RANKS = ("r1", "r5", "r10", "r20")
+METRICS = set(RANKS) | {"mAP", "mINP"}
+TIMEOUT = 900  # seconds per subprocess; generous for a loaded machine, only there to stop a hang
+# One intra-op thread per subprocess (as conftest.py does in-process): at these tensor sizes a second
+# thread gains little, two jobs run side by side, and OpenMP threads competing for cores slow a run
+# down several times.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+# ----------------------------------------------------------------------------------------------
+# subprocesses
+
+
+_LIVE: Set[subprocess.Popen] = set()   # running subprocesses, killed if the session is interrupted
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()           # set on Ctrl-C: no new subprocess starts
+
+
+def _start(cmd: List[str], **kwargs) -> subprocess.Popen:
+    with _LIVE_LOCK:
+        if _STOPPING.is_set():
+            raise RuntimeError("test session interrupted")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, text=True, **kwargs)
+        _LIVE.add(proc)
+    return proc
+
+
+def _forget(proc: subprocess.Popen) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(proc)
+
+
+def kill_live() -> None:
+    """Kill every subprocess still running and start no new one (Ctrl-C of the test session)."""
+    with _LIVE_LOCK:
+        _STOPPING.set()
+        for proc in _LIVE:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def run(script: str, *args, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    """Run ``python <script> args`` from the repository root; stdout and stderr captured as text."""
+    cmd = [sys.executable, script, *[str(a) for a in args]]
+    proc = _start(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"{script} did not finish within {timeout}s:\n{out[-2000:]}\n{err[-2000:]}") from None
+    finally:
+        _forget(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@dataclass
+class Interrupted:
+    """What an interrupted run did: its exit status and output, and whether the signal was sent."""
+
+    signalled: bool
+    returncode: int
+    output: str
+
+
+def run_and_interrupt(script: str, args: Sequence, checkpoint: Path, run_dir: Path, records: int,
+                      sig: int, log: Path, timeout: float = TIMEOUT) -> Interrupted:
+    """Start ``script``; once ``checkpoint`` exists and ``metrics.jsonl`` holds ``records`` lines
+    (the epoch is completely written), send ``sig`` and wait for the process to end.
+
+    If the process ends first (a crash), ``signalled`` is False and the caller's assertions report it.
+    """
+    cmd = [sys.executable, script, *[str(a) for a in args]]
+    signalled = False
+    with open(log, "w") as out:
+        proc = _start(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                if checkpoint.exists() and len(metrics_lines(run_dir)) >= records:
+                    proc.send_signal(sig)
+                    signalled = True
+                    proc.wait(timeout=120)
+                    break
+                time.sleep(0.02)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            _forget(proc)
+    return Interrupted(signalled, proc.returncode, log.read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# assertions and readers
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+    """The tail of a finished process' output, for assertion messages."""
+    return (f"exit {proc.returncode}\n--- stdout (tail) ---\n{proc.stdout[-3000:]}\n"
+            f"--- stderr (tail) ---\n{proc.stderr[-3000:]}")
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    """The process exited 0."""
+    assert proc.returncode == 0, describe(proc)
+
+
+def assert_refused(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit status 2, exactly one stderr line ``error: ...`` containing ``fragments``, no traceback."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, describe(proc)
+    assert "Traceback" not in proc.stderr + proc.stdout, describe(proc)
+    assert len(lines) == 1 and lines[0].startswith("error: "), describe(proc)
+    for frag in fragments:
+        assert frag in lines[0], f"{frag!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def metrics_lines(run_dir: Path) -> List[Dict]:
+    """The records of ``<run_dir>/metrics.jsonl`` (complete lines only)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+
+
+def phase_epochs(records: Iterable[Dict]) -> List[tuple]:
+    """(phase, epoch) of every stage-1 record, in file order."""
+    return [(r["phase"], r["epoch"]) for r in records]
+
+
+def check_metric_dict(m: Dict[str, float], where: str) -> None:
+    """The six metrics, percentages in [0, 100], CMC non-decreasing."""
+    assert set(m) == METRICS, where
+    for k, v in m.items():
+        assert 0.0 <= v <= 100.0, f"{where}: {k}={v}"
+    assert m["r1"] <= m["r5"] <= m["r10"] <= m["r20"], f"{where}: {m}"
+
+
+def load_pth(path: Path) -> Dict:
+    """A checkpoint as a dict (CPU)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def run_state(run_dir: Path) -> Dict:
+    """Which stage-1 files exist and which epochs are logged (taken right after a kill)."""
+    return {"final": (run_dir / "final.pth").exists(), "artifact": (run_dir / "pseudo_labels.npz").exists(),
+            "intra_last": (run_dir / "intra" / "last.pth").exists(),
+            "joint_last": (run_dir / "joint" / "last.pth").exists(),
+            "records": phase_epochs(metrics_lines(run_dir))}
+
+
+# ----------------------------------------------------------------------------------------------
+# what the jobs hand to the tests
+
+
+@dataclass
+class Synth:
+    """Roots of the generated datasets."""
+
+    sysu: Path
+    regdb: Path
+
+
+@dataclass
+class Stage1:
+    """A stage-1 run: killed once, then resumed."""
+
+    out: Path             # --output-dir
+    run_dir: Path         # <out>/<dataset>[_trial<t>]/baseline
+    args: List[str]       # the command line (without --resume)
+    first: Interrupted    # the killed run
+    after_kill: Dict      # state of the run directory right after the kill
+    resumed: subprocess.CompletedProcess
+
+
+@dataclass
+class Stage2:
+    """The stage-2 run: interrupted once, then resumed."""
+
+    run_dir: Path
+    first: Interrupted
+    after_kill: Dict
+    resumed: subprocess.CompletedProcess
+
+
+@dataclass
+class Window:
+    """The RegDB run directory as killed, with its last metrics line dropped, then resumed."""
+
+    run_dir: Path
+    lines_before: List[tuple]
+    resumed: subprocess.CompletedProcess
