@@ -41,7 +41,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 
 from data.sample import DataError  # noqa: E402
-from utils.args import default_workers  # noqa: E402
+from utils.arg_types import default_workers  # noqa: E402
 from utils.speed import bench_cluster, extraction_rate, stage1_step, stage2_step  # noqa: E402
 
 SIZES = {  # "real" = the released settings; "small" = a quick CPU run of the same code

@@ -29,7 +29,7 @@
 #   matching is then expected, not a bug.
 # - Test Rank-1/mAP (all-search, 10 gallery trials, mean +- std) of the stage-1 and stage-2
 #   checkpoints next to chance: stage 2 (MMM) should beat stage 1 (the baseline). On the development
-#   machine: stage 1 Rank-1 ~42-44, mAP ~46-49; stage 2 Rank-1 ~49-55, mAP ~52-57; chance 3 / 8; the
+#   machine: stage 1 Rank-1 ~37-44, mAP ~43-49; stage 2 Rank-1 ~49-55, mAP ~52-57; chance 3 / 8; the
 #   joint step trained in every joint epoch. Another CPU or thread count rounds differently and follows
 #   a somewhat different path (README "What to expect on CPU").
 set -euo pipefail

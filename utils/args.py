@@ -6,36 +6,11 @@ Dataset-dependent defaults are ``None`` in the parser and filled from :mod:`data
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Optional, Sequence
 
 from data.specs import IR_TO_RGB, RGB_TO_IR, SPECS
-
-
-def _number(kind, text: str, ok, what: str):
-    """Convert ``text`` with ``kind`` and check ``ok``; argparse turns the error into a usage line."""
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse ``type=``: an integer >= 1."""
-    return _number(int, text, lambda v: v > 0, "a positive integer")
-
-
-def non_negative_int(text: str) -> int:
-    """argparse ``type=``: an integer >= 0."""
-    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
-
-
-def positive_float(text: str) -> float:
-    """argparse ``type=``: a finite number > 0."""
-    return _number(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
+from utils.arg_types import (default_workers, non_negative_int, positive_float, positive_int,
+                             pretrained_source)
 
 
 class _Refused(argparse.Action):
@@ -49,30 +24,11 @@ class _Refused(argparse.Action):
         parser.error(f"{option_string} is not used here: {self.hint}")
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask; os.cpu_count() where there is none)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-def default_workers(cap: int = 8) -> int:
-    """Default ``--workers``: one DataLoader worker process per available core, at most ``cap``."""
-    return max(1, min(cap, available_cores()))
-
-
 AMP_HELP = ("mixed precision of {what}: off (default: float32, with TF32 matrix products on GPUs that have "
             "them, the released numerics), bf16 (bfloat16 autocast, CPU or GPU), fp16 (float16 autocast{scaler}; "
             "GPU only). A bare --amp (the old switch) means bf16 on the CPU and on GPUs with bfloat16, fp16 on "
             "older GPUs")
 
-
-def pretrained_source(text: str) -> str:
-    """``imagenet``, ``none`` or the path of an existing file (its content is checked when loaded)."""
-    if text in ("imagenet", "none") or os.path.isfile(text):
-        return text
-    raise argparse.ArgumentTypeError(f"no file at {text!r}; give imagenet, none or the path of a torchvision "
-                                     "ResNet state dict")
 
 
 def new_parser(**kwargs) -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from data.sample import DataError
-from utils.args import available_cores
+from utils.arg_types import available_cores
 
 
 def resolve_device(name: Optional[str] = None) -> torch.device:

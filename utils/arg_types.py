@@ -1,0 +1,55 @@
+"""Value types and machine-dependent defaults of the command-line flags (used by utils/args.py).
+
+Types raise ``argparse.ArgumentTypeError``, which argparse turns into a one-line usage error naming
+the flag, at parse time, before any work.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def _number(kind, text: str, ok, what: str):
+    """Convert ``text`` with ``kind`` and check ``ok``; argparse turns the error into a usage line."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 1."""
+    return _number(int, text, lambda v: v > 0, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 0."""
+    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type=``: a finite number > 0."""
+    return _number(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; os.cpu_count() where there is none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def default_workers(cap: int = 8) -> int:
+    """Default ``--workers``: one DataLoader worker process per available core, at most ``cap``."""
+    return max(1, min(cap, available_cores()))
+
+
+def pretrained_source(text: str) -> str:
+    """``imagenet``, ``none`` or the path of an existing file (its content is checked when loaded)."""
+    if text in ("imagenet", "none") or os.path.isfile(text):
+        return text
+    raise argparse.ArgumentTypeError(f"no file at {text!r}; give imagenet, none or the path of a torchvision "
+                                     "ResNet state dict")
