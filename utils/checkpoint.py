@@ -16,7 +16,7 @@ import errno
 import os
 import pickle
 import shutil
-import tempfile
+import uuid
 import zipfile
 from typing import Any, Dict, Optional
 
@@ -34,33 +34,25 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (atomic on POSIX),
     so an interrupted run never leaves a truncated checkpoint behind.
 
-    The file gets the permissions of any other output (0666 minus the umask; ``mkstemp`` alone
-    would leave 0600). A failed write (disk full, quota, read-only folder) removes the temporary
-    file, keeps the previous checkpoint and raises a one-line :class:`DataError`.
+    The temporary file is created by ``torch.save`` itself under a name unique to this process, so it
+    gets the permissions of any other output (0666 minus the umask; ``mkstemp`` would leave 0600). A
+    failed write (disk full, quota, read-only folder) removes it, keeps the previous checkpoint and
+    raises a one-line :class:`DataError`.
     """
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
     except OSError as err:
         raise DataError(f"cannot write {path}: {err.strerror}; choose a writable --output-dir") from None
-    os.close(fd)
+    tmp = os.path.join(folder, f".tmp_{os.getpid()}_{uuid.uuid4().hex[:12]}.pth")
     try:
         torch.save(obj, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch.save reports a short write as a RuntimeError
         raise DataError(_write_failure(path, folder, err)) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def _umask() -> int:
-    """The process umask (reading it requires setting it; restored at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _write_failure(path: str, folder: str, err: BaseException) -> str:

@@ -127,6 +127,15 @@ def _summarise(stats: Dict[str, np.ndarray], max_rank: int) -> Tuple[np.ndarray,
     return cmc, float(np.mean(stats["ap"][valid])), float(np.mean(stats["inp"][valid]))
 
 
+def _with_cameras(distmat, q_pids, g_pids, max_rank, q_camids, g_camids, who: str):
+    """:func:`check_inputs` for a protocol whose removal rule needs both camera arrays."""
+    d, a = check_inputs(distmat, q_pids, g_pids, max_rank, q_camids, g_camids)
+    if a["q_camids"] is None or a["g_camids"] is None:
+        name, cams = who.split(" ", 1)
+        raise ValueError(f"{name} needs q_camids and g_camids {cams}")
+    return d, a
+
+
 def eval_sysu(distmat, q_pids, g_pids, q_camids, g_camids,
               max_rank: int = 20) -> Tuple[np.ndarray, float, float]:
     """SYSU-MM01 protocol of the released code (method.md H.2).
@@ -152,9 +161,7 @@ def eval_sysu(distmat, q_pids, g_pids, q_camids, g_camids,
     Raises:
         ValueError: on mismatched shapes, NaN distances, or when no query is valid.
     """
-    d, a = check_inputs(distmat, q_pids, g_pids, max_rank, q_camids, g_camids)
-    if a["q_camids"] is None or a["g_camids"] is None:
-        raise ValueError("eval_sysu needs q_camids and g_camids (raw SYSU cameras 1..6)")
+    d, a = _with_cameras(distmat, q_pids, g_pids, max_rank, q_camids, g_camids, "eval_sysu (raw SYSU cameras 1..6)")
     ir3 = np.flatnonzero(a["q_camids"] == _SYSU_IR_CAM)
     other = np.flatnonzero(a["q_camids"] != _SYSU_IR_CAM)
     kept_for_ir3 = np.flatnonzero(a["g_camids"] != _SYSU_SAME_ROOM_CAM)
@@ -213,9 +220,7 @@ def eval_llcm(distmat, q_pids, g_pids, q_camids, g_camids,
     Raises:
         ValueError: on mismatched shapes, NaN distances, or when no query is valid.
     """
-    d, a = check_inputs(distmat, q_pids, g_pids, max_rank, q_camids, g_camids)
-    if a["q_camids"] is None or a["g_camids"] is None:
-        raise ValueError("eval_llcm needs q_camids and g_camids (LLCM cameras 1..9)")
+    d, a = _with_cameras(distmat, q_pids, g_pids, max_rank, q_camids, g_camids, "eval_llcm (LLCM cameras 1..9)")
     cams = (a["q_camids"].reshape(-1), a["g_camids"].reshape(-1))
     return _summarise(_query_stats(d, a["q_pids"], a["g_pids"], True, cams=cams), max_rank)
 
