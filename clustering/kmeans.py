@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .knn import exact_float32
+
 _BUCKET_RATIO = 1.3  # groups whose sizes differ by less than this factor share one padded batch
 
 
@@ -258,8 +260,8 @@ def batched_kmeans(features: torch.Tensor, groups: torch.Tensor, k: int = 4, n_i
     group −1 are ignored, which spares callers a copy of the features without their outliers).
     Minimises, per group g, Σ_{x ∈ g} min_c ‖x − c‖² over k centres (best of ``n_init`` k-means++
     restarts, Lloyd until labels are stable or Σ_c ‖Δc‖² ≤ tol·mean per-feature variance).
-    Groups with m < k members return their members cycled to k rows (inertia 0).
-    Returns centers (G, k, D) in the features' dtype/device and inertia (G,) float64.
+    Groups with m < k members return their members cycled to k rows (inertia 0). Returns centers
+    (G, k, D) in the features' dtype/device and inertia (G,) float64.
     """
     if features.dim() != 2 or groups.dim() != 1 or groups.shape[0] != features.shape[0]:
         raise ValueError("features must be (N, D) and groups (N,)")
@@ -275,11 +277,10 @@ def batched_kmeans(features: torch.Tensor, groups: torch.Tensor, k: int = 4, n_i
     if bool((sizes_t == 0).any()):
         raise ValueError("every group 0..G-1 must have at least one member (empty group found)")
     x = features if features.dtype in (torch.float32, torch.float64) else features.float()
-    G, D = sizes_t.shape[0], x.shape[1]
     order = torch.argsort(groups, stable=True)    # members of group g: order[starts[g]:starts[g]+m_g]
     starts_t = torch.cumsum(sizes_t, 0) - sizes_t + (groups < 0).sum()   # ignored rows sort first
-    centers = torch.empty(G, k, D, dtype=x.dtype, device=dev)
-    inertia = torch.zeros(G, dtype=torch.float64, device=dev)
+    centers = torch.empty(len(sizes_t), k, x.shape[1], dtype=x.dtype, device=dev)
+    inertia = torch.zeros(len(sizes_t), dtype=torch.float64, device=dev)
     sizes = sizes_t.cpu().numpy()
     small = torch.as_tensor(np.nonzero(sizes < k)[0], device=dev)
     if small.numel():                             # fallback: members cycled to fill k rows
@@ -293,7 +294,7 @@ def batched_kmeans(features: torch.Tensor, groups: torch.Tensor, k: int = 4, n_i
         width = int(sizes[b].max())
         idx, valid = _padded_index(starts_t[bt], sizes_t[bt], width)
         first = torch.as_tensor(_first_centres(sizes[b], width, uni[:, 0], np_dtype), device=dev)
-        centers[bt], inertia[bt] = _kmeans_bucket(
-            x[order[idx]], valid, sizes_t[bt], first, torch.as_tensor(uni, device=dev),
-            k, n_trials, tol, max_iter)           # padding rows of x[order[idx]] repeat a member
+        with exact_float32(dev):  # float32 without TF32 on a GPU; padding rows of x[order[idx]] repeat a member
+            centers[bt], inertia[bt] = _kmeans_bucket(x[order[idx]], valid, sizes_t[bt], first,
+                                                      torch.as_tensor(uni, device=dev), k, n_trials, tol, max_iter)
     return centers.to(features.dtype), inertia

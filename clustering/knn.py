@@ -11,7 +11,7 @@ Conventions shared by both backends:
   faiss uses), so features need not be L2-normalised;
 * every point is its own first neighbour (column 0), even when exact duplicates exist — for non-duplicated
   data this is what an exact search returns anyway, and it keeps R(i, k) of the Jaccard distance well defined;
-* ties are broken by the lower index (torch backend; faiss: faiss's order). The same pair's distance can
+* ties are broken by the lower index (both backends). The same pair's distance can
   differ by a few ulps between Gram blocks of different shapes (BLAS picks other kernels), so exact
   duplicates would otherwise come out in an order that depends on ``chunk``, the CPU or the GPU: rows
   whose neighbour distances lie within rounding of each other are re-ranked by the directly computed
@@ -40,6 +40,7 @@ import torch
 
 from .knn_exact import _knn_torch
 from .knn_faiss import _faiss_index, _knn_faiss  # noqa: F401  (_faiss_index: tested through this module)
+from .knn_ties import _rerank_near_ties
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 # Neighbours searched beyond k before the near-tie re-ranking cuts the table to k (see knn_table).
@@ -92,7 +93,11 @@ def knn_table(x: torch.Tensor, k: int, knn: str = "torch", chunk: int = 4096):
             idx, dist, dots = _knn_torch(x, min(k + TIE_MARGIN, x.shape[0]), int(chunk))
         return idx[:, :k].contiguous(), dist[:, :k].contiguous(), dots[:, :k].contiguous()
     if knn == "faiss":
-        return _knn_faiss(x, min(int(k), x.shape[0])) + (None,)
+        k = min(int(k), x.shape[0])
+        idx, dist = (t.to(x.device) for t in _knn_faiss(x, min(k + TIE_MARGIN, x.shape[0])))
+        # The same near-tie re-ranking as the torch backend, so both give the same table (their rounding differs).
+        _rerank_near_ties(x, (x * x).sum(dim=1), [dist, torch.zeros_like(dist), idx])
+        return idx[:, :k].contiguous(), dist[:, :k].contiguous(), None
     raise ValueError(f"knn must be 'torch' or 'faiss', got {knn!r}")
 
 

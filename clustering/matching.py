@@ -7,7 +7,8 @@ visible cluster v and an infrared cluster r is a one-directional Chamfer sum of 
   looks for its nearest RGB memory j);
 * ``"rgb2ir"`` (paper, as far as known):  C[v, r] = Σ_j min_i ‖c^r_i − c^v_j‖₂.
 
-All K_rgb·M × K_ir·M memory distances come from one ``torch.cdist`` call.
+All K_rgb·M × K_ir·M memory distances come from one ``torch.cdist`` call, in exact float32 on a GPU
+(TF32, which the training enables for the network, is switched off for it: ``exact_float32``).
 
 Matching:
 
@@ -27,6 +28,8 @@ from typing import Union
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+
+from .knn import exact_float32
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 COSTS = ("ir2rgb", "rgb2ir")
@@ -60,7 +63,8 @@ def cost_matrix(memories_rgb: ArrayLike, memories_ir: ArrayLike, cost: str = "ir
         raise ValueError(f"feature dimensions differ: {d} (RGB) vs {d_r} (IR)")
     if kv == 0 or kr == 0:
         return torch.zeros(kv, kr, dtype=dtype, device=mv.device)
-    dist = torch.cdist(mv.reshape(kv * m_v, d), mr.reshape(kr * m_r, d)).view(kv, m_v, kr, m_r)
+    with exact_float32(mv.device):  # cdist's matrix product without TF32 on a GPU (exact float32)
+        dist = torch.cdist(mv.reshape(kv * m_v, d), mr.reshape(kr * m_r, d)).view(kv, m_v, kr, m_r)
     if cost == "ir2rgb":
         return dist.amin(dim=1).sum(-1)       # min over RGB memories j, sum over IR memories i
     return dist.amin(dim=3).sum(1)            # min over IR memories i, sum over RGB memories j

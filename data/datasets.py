@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from . import llcm, regdb, sysu
-from .sample import DataError, Sample, TestSplit
+from .sample import DataError, Sample, TestSplit, pids_of
 from .specs import SPECS, DatasetSpec, resolve_directions
 
-__all__ = ["DATASETS", "READERS", "TestSplit", "check_trial", "trial_numbers", "check_root", "load_train",
-           "load_protocols", "load_test_splits", "dataset_counts", "image_paths"]
+__all__ = ["DATASETS", "READERS", "TestSplit", "check_trial", "trial_numbers", "check_root", "check_dataset",
+           "load_train", "load_protocols", "load_test_splits", "dataset_counts", "image_paths"]
 
 DATASETS = tuple(SPECS)
 
@@ -125,7 +127,38 @@ def load_protocols(dataset: str, root: str, trial=None, modes: Sequence[str] = (
     if trials < 1:
         raise DataError(f"the number of gallery trials must be at least 1, got {gallery_trials}")
     chosen = [(i, spec.directions[i]) for i in resolve_directions(spec, directions)] if spec.directions else []
-    return reader.protocols(root, trial, tuple(modes), shot, trials, chosen)
+    protocols = reader.protocols(root, trial, tuple(modes), shot, trials, chosen)
+    for name, splits in protocols.items():
+        _check_reachable(spec, root, trial, name, splits[0])
+    return protocols
+
+
+def _check_reachable(spec: DatasetSpec, root: str, trial, name: str, split: TestSplit) -> None:
+    """Some query identity must appear in the gallery, else no query can be scored (the metric would fail
+    after the whole feature extraction)."""
+    if not len(split.query) or not len(split.gallery) or not np.isin(pids_of(split.query), pids_of(split.gallery)).any():
+        lists = spec.test_lists.format(trial=trial)
+        raise DataError(f"{spec.display_name} {name}: no query identity appears in the gallery ({len(split.query)} "
+                        f"queries, {len(split.gallery)} gallery images); check the labels of {lists} under {root}")
+
+
+def check_dataset(dataset: str, root: str, trial=None) -> None:
+    """Before training: every protocol list resolvable (each search mode and direction, one gallery
+    sampling), some query of each reachable, and no image both a training and a test image.
+
+    Raises:
+        DataError: naming the lists at fault.
+    """
+    spec, reader = _spec_and_reader(dataset)
+    root = reader.check_root(root)
+    protocols = load_protocols(dataset, root, trial, spec.eval_modes, 1, 1)
+    tests = {s.path for splits in protocols.values() for split in splits for s in (*split.query, *split.gallery)}
+    rgb, ir = load_train(dataset, root, trial)
+    both = [s.path for s in (*rgb, *ir) if s.path in tests]
+    if both:
+        raise DataError(f"{len(both)} images are both training and test images (first: {both[0]}); the lists "
+                        f"{spec.train_lists.format(trial=trial)} and {spec.test_lists.format(trial=trial)} under "
+                        f"{root} must not overlap")
 
 
 def load_test_splits(dataset: str, root: str, trial=None, mode: str = "all", shot: int = 1,

@@ -39,11 +39,29 @@ def load_image(path: str) -> Image.Image:
         # (JPEG, BMP) load() also closes the file (Pillow's documented file handling), so an image that
         # is already RGB is returned as it is: convert() would only make a full copy.
         img.load()
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return img if img.mode == "RGB" else _to_rgb(img, path)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         if img is not None:
             img.close()
         raise DataError(f"image {path} cannot be decoded ({err}); {CHECK_HINT}") from None
+
+
+def _to_rgb(img: Image.Image, path: str) -> Image.Image:
+    """3-channel 8-bit RGB of a decoded image of another mode.
+
+    16-bit and 32-bit integer images (thermal cameras write them) keep their top 8 of 16 bits: Pillow's
+    own conversion clips every value above 255, which turns such an image almost white.
+
+    Raises:
+        DataError: a floating-point image (no agreed range to map to 8 bits), naming the path.
+    """
+    if img.mode == "F":
+        raise DataError(f"image {path} holds floating-point pixels (mode F); convert it to an 8-bit or 16-bit "
+                        f"image; {CHECK_HINT}")
+    if img.mode.startswith("I"):  # "I;16", "I;16B", "I;16L", "I": integer pixels up to 16 bits
+        grey = (np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return img.convert("RGB")
 
 
 def check_interpolation(name: str) -> int:

@@ -81,8 +81,10 @@ def _check_labels(folders: np.ndarray, labels: np.ndarray, lists: np.ndarray, ro
             key = keys[counts > 1][0]
             rows = np.flatnonzero(pairs[:, col] == key)[:2]
             where = [f"{pairs[r, other]} in idx/{lists[first[r]]}" for r in rows]
-            hint = ("the LABEL column must give one person the same label in both lists" if col == 0
-                    else "two person folders share one label")
+            one_list = lists[first[rows[0]]] == lists[first[rows[1]]]
+            hint = ("two person folders share one label" if col == 1 else
+                    f"the LABEL column must give one person one label within idx/{lists[first[rows[0]]]}" if one_list
+                    else "the LABEL column must give one person the same label in both lists")
             raise DataError(f"LLCM training lists under {root}/idx disagree: {what} {key} has "
                             f"{' and '.join(where)}; {hint}")
 

@@ -54,7 +54,7 @@ def read_idx(path: str, missing_hint: str = "expected idx/{train,test}_{visible,
     if not os.path.isfile(path):
         raise DataError(f"missing {what} index file {path}; {missing_hint} ({LAYOUT_HINT})")
     entries = []
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8-sig") as f:  # an editor's byte-order mark is not part of the text
         for number, line in enumerate(f, start=1):
             line = line.strip()
             if not line:

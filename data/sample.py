@@ -38,7 +38,8 @@ def check_folders(root: str, names: Sequence[str], expected: str) -> str:
         DataError: naming the missing root or folder.
     """
     if not os.path.isdir(root):
-        raise DataError(f"--data-dir {root} does not exist; expected {expected} under it ({LAYOUT_HINT})")
+        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+        raise DataError(f"--data-dir {root} {what}; expected {expected} under it ({LAYOUT_HINT})")
     root = os.path.abspath(root)
     for name in names:
         if not os.path.isdir(os.path.join(root, name)):

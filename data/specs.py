@@ -39,6 +39,8 @@ class DatasetSpec:
         removal: gallery removal rule of the metric (one of the REMOVE_* constants).
         distinct_cmc: CMC over the distinct-identity ranked list (SYSU, LLCM) or the plain one (RegDB).
         real_counts: (name, count) pairs of the real dataset, for ``scripts/inspect_dataset.py``.
+        train_lists, test_lists: the files that define the training images and the test protocol, for
+            messages (``{trial}`` stands for the RegDB trial).
     """
 
     name: str
@@ -57,6 +59,8 @@ class DatasetSpec:
     removal: str
     distinct_cmc: bool
     real_counts: Tuple[Tuple[str, int], ...]
+    train_lists: str = ""
+    test_lists: str = ""
 
     @property
     def uses_cameras(self) -> bool:
@@ -79,13 +83,16 @@ SPECS = {
         has_trials=False, eval_modes=("all", "indoor"), shots=(1, 10), gallery_trials=10, directions=(),
         removal=REMOVE_SYSU_SAME_ROOM, distinct_cmc=True,
         real_counts=(("train_rgb_images", 22258), ("train_ir_images", 11909), ("train_ids", 395),
-                     ("query_images", 3803), ("gallery_images_all", 301), ("gallery_images_indoor", 112))),
+                     ("query_images", 3803), ("gallery_images_all", 301), ("gallery_images_indoor", 112)),
+        train_lists="exp/train_id.txt and exp/val_id.txt", test_lists="exp/test_id.txt"),
     "regdb": DatasetSpec(
         name="regdb", display_name="RegDB", eps=0.3, k1=30, k2=6, k1_joint=38, k2_joint=18, iters=100,
         has_trials=True, eval_modes=("all",), shots=(1,), gallery_trials=1,
         directions=("visible2thermal", "thermal2visible"), removal=REMOVE_NONE, distinct_cmc=False,
         real_counts=(("train_rgb_images", 2060), ("train_ir_images", 2060), ("test_rgb_images", 2060),
-                     ("test_ir_images", 2060), ("train_ids", 206), ("test_ids", 206))),
+                     ("test_ir_images", 2060), ("train_ids", 206), ("test_ids", 206)),
+        train_lists="idx/train_visible_{trial}.txt and idx/train_thermal_{trial}.txt",
+        test_lists="idx/test_visible_{trial}.txt and idx/test_thermal_{trial}.txt"),
     "llcm": DatasetSpec(
         name="llcm", display_name="LLCM", eps=0.6, k1=25, k2=6, k1_joint=40, k2_joint=32, iters=200,
         has_trials=False, eval_modes=("all",), shots=(1,), gallery_trials=10,
@@ -93,7 +100,8 @@ SPECS = {
         distinct_cmc=True,
         # dataset_layouts.md section 4; the query and gallery sizes are not stated by any source
         real_counts=(("train_rgb_images", 16946), ("train_ir_images", 13975), ("train_ids", 713),
-                     ("test_ids", 351))),
+                     ("test_ids", 351)),
+        train_lists="idx/train_vis.txt and idx/train_nir.txt", test_lists="idx/test_id.txt"),
 }
 
 

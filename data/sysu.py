@@ -33,7 +33,7 @@ def read_ids(path: str, missing_hint: str = "expected the SYSU-MM01 exp/ folder 
     """
     if not os.path.isfile(path):
         raise DataError(f"missing split file {path}; {missing_hint} ({LAYOUT_HINT})")
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8-sig") as f:  # an editor's byte-order mark is not part of the text
         lines = f.read().splitlines()
     first = lines[0].strip() if lines else ""
     tokens = [t.strip() for t in first.split(",")]

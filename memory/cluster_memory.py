@@ -15,10 +15,14 @@ The update lives in ``backward`` so it happens exactly once per optimiser step a
 loss is actually back-propagated (no update under ``torch.no_grad()`` or without ``backward``).
 Under torchrun the caller gives the memory its ``world_size`` (and process group): the update then
 gathers every process's batch, so all copies of the memory stay identical.
+
+Host syncs: none in one process when the labels come on the CPU (the sequential update's schedule is
+read from them in forward); under torchrun the gathered labels live on the GPU, so the sequential
+update reads its schedule from there (one sync per update); the hard update never syncs.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -49,31 +53,43 @@ def occurrence_rank(targets: torch.Tensor) -> torch.Tensor:
     return rank
 
 
+def update_schedule(targets: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
+    """The steps of :func:`sequential_update_` for (B,) class ids: (order (B,) int64, counts).
+
+    Step r updates the samples ``order[sum(counts[:r]) : sum(counts[:r + 1])]``, the r-th occurrence of
+    each class that has one. ``counts`` is read on the host, so computed from labels on the CPU (as the
+    loader delivers them) it costs a GPU run no host sync; :class:`ClusterMemory` does that in forward.
+    """
+    rank = occurrence_rank(targets.long())
+    return torch.argsort(rank, stable=True), torch.bincount(rank).tolist()
+
+
 @torch.no_grad()
 def sequential_update_(memory: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
-                       momentum: float) -> None:
+                       momentum: float, schedule: Optional[Tuple[torch.Tensor, List[int]]] = None) -> None:
     """In-place released momentum update, equivalent to a per-sample loop in batch order.
 
     For b = 1..B: M_{y_b} ← normalize(μ M_{y_b} + (1−μ) x_b).
 
     Vectorised over classes: step r updates at once every class that has an r-th occurrence in the
-    batch (rows are distinct inside a step, so the steps reproduce the sequential order exactly).
-    The number of steps is the largest per-class count in the batch (≤ 32 for the stage-1 batches).
+    batch (rows are distinct inside a step, so the steps reproduce the sequential order exactly). The
+    number of steps is the largest per-class count in the batch (≤ 2 × --num-instances in stage 1). The
+    steps cannot be merged: each class's next row depends on its previous one through the normalisation.
 
     Args:
         memory: (K, D) memory, modified in place.
         inputs: (B, D) unit-norm samples (already L2-normalised).
         targets: (B,) class ids in 0..K−1.
         momentum: μ, weight of the old row (0.1 in the released code: the new sample dominates).
+        schedule: :func:`update_schedule` of ``targets`` if already known (else computed here, which on
+            a GPU costs a host sync).
     """
     if targets.numel() == 0:
         return
     targets = targets.long()
     x = inputs.to(memory.dtype)
-    rank = occurrence_rank(targets)
-    order = torch.argsort(rank, stable=True)
-    counts: List[int] = torch.bincount(rank).tolist()  # one host sync per batch
-    for chunk in torch.split(order, counts):
+    order, counts = update_schedule(targets) if schedule is None else schedule
+    for chunk in torch.split(order.to(targets.device, non_blocking=True), counts):
         rows = targets[chunk]
         memory[rows] = F.normalize(momentum * memory[rows] + (1.0 - momentum) * x[chunk], dim=1)
 
@@ -106,8 +122,9 @@ def hard_update_(memory: torch.Tensor, inputs: torch.Tensor, targets: torch.Tens
     cand = torch.where(sims == min_sim[targets], pos, torch.full_like(pos, n))
     pick = torch.full((num_classes,), n, dtype=pos.dtype, device=pos.device)
     pick = pick.scatter_reduce(0, targets, cand, reduce="amin")
-    rows = torch.nonzero(pick < n).flatten()
-    memory[rows] = F.normalize(momentum * memory[rows] + (1.0 - momentum) * x[pick[rows]], dim=1)
+    # Every sample writes its class's new row: repeated rows receive identical values, so the result is
+    # deterministic, and no host sync is needed to list the classes present.
+    memory[targets] = F.normalize(momentum * memory[targets] + (1.0 - momentum) * x[pick[targets]], dim=1)
 
 
 def _gather_all_ranks(inputs: torch.Tensor, targets: torch.Tensor, world_size: int,
@@ -131,13 +148,15 @@ class _MemoryProduct(torch.autograd.Function):
     """logits = x̂ Mᵀ; backward: grad_x = grad_logits · M (M constant), then momentum-update M."""
 
     @staticmethod
-    def forward(ctx, inputs, targets, memory, momentum, use_hard, ranks):
+    def forward(ctx, inputs, targets, memory, momentum, use_hard, ranks, schedule):
         """(B, D) unit inputs, (B,) targets, (K, D) memory → (B, K) logits x̂ Mᵀ; ``ranks`` =
-        (world size, process group) whose batches the update gathers."""
+        (world size, process group) whose batches the update gathers; ``schedule``: the sequential
+        update's :func:`update_schedule` of ``targets`` or None."""
         ctx.memory = memory  # a live reference: the update below must reach the module's buffer
         ctx.momentum = momentum
         ctx.use_hard = use_hard
         ctx.ranks = ranks
+        ctx.schedule = schedule
         ctx.save_for_backward(inputs, targets)
         return inputs.to(memory.dtype).mm(memory.t())
 
@@ -151,9 +170,12 @@ class _MemoryProduct(torch.autograd.Function):
             # Computed BEFORE the update so the gradient uses the memory of the forward pass.
             grad_inputs = grad_logits.to(memory.dtype).mm(memory).to(inputs.dtype)
         all_x, all_y = _gather_all_ranks(inputs.detach(), targets, *ctx.ranks)
-        update = hard_update_ if ctx.use_hard else sequential_update_
-        update(memory, all_x, all_y, ctx.momentum)
-        return grad_inputs, None, None, None, None, None
+        if ctx.use_hard:
+            hard_update_(memory, all_x, all_y, ctx.momentum)
+        else:  # the gathered batch of several processes has no schedule yet (one host sync to make it)
+            schedule = ctx.schedule if ctx.ranks[0] == 1 else None
+            sequential_update_(memory, all_x, all_y, ctx.momentum, schedule)
+        return grad_inputs, None, None, None, None, None, None
 
 
 class ClusterMemory(nn.Module):
@@ -228,12 +250,16 @@ class ClusterMemory(nn.Module):
 
         Args:
             inputs: (B, D) features (un-normalised; gradient flows through the normalisation).
-            targets: (B,) int64 class ids in 0..K−1 (moved to the memory's device).
+            targets: (B,) int64 class ids in 0..K−1, best on the CPU as the loader gives them: the
+                update's schedule is then read there, not from the GPU (moved to the memory's device).
         """
-        targets = targets.to(self.features.device)
+        schedule = None
+        if not self.use_hard and self.world_size == 1 and targets.device.type == "cpu":
+            schedule = update_schedule(targets)
+        targets = targets.to(self.features.device, non_blocking=True)
         x = F.normalize(inputs, dim=1)
         logits = _MemoryProduct.apply(x, targets, self.features, self.momentum, self.use_hard,
-                                      (self.world_size, self.group))
+                                      (self.world_size, self.group), schedule)
         return F.cross_entropy(logits / self.temp, targets)
 
     def extra_repr(self) -> str:

@@ -39,11 +39,13 @@ class PrototypeAccumulator:
         self.dim = int(dim)
         self.sums = torch.zeros(self.num_classes, self.dim, device=device, dtype=dtype)
         self.counts = torch.zeros(self.num_classes, device=device, dtype=torch.int64)
+        self.outside = torch.zeros((), device=device, dtype=torch.int64)  # labels out of range on a GPU
 
     def reset(self) -> None:
         """Forget everything accumulated so far (start a new pass)."""
         self.sums.zero_()
         self.counts.zero_()
+        self.outside.zero_()
 
     @torch.no_grad()
     def add(self, features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> None:
@@ -53,6 +55,8 @@ class PrototypeAccumulator:
             features: (B, D) features (detached here).
             labels: (B,) class ids in 0..C−1.
             weights: (B,) clean probabilities w_k (any float dtype / device; moved here).
+
+        Raises ValueError for labels outside 0..C−1: here for CPU labels, in :meth:`result` for GPU ones.
         """
         if features.dim() != 2 or features.shape[1] != self.dim:
             raise ValueError(f"features must have shape (B, {self.dim}), got {tuple(features.shape)}")
@@ -60,14 +64,21 @@ class PrototypeAccumulator:
         if labels.shape != (n,) or weights.shape != (n,):
             raise ValueError(f"labels and weights must have shape ({n},), got "
                              f"{tuple(labels.shape)} and {tuple(weights.shape)}")
-        labels = labels.to(self.sums.device).long()
-        if n and bool(((labels < 0) | (labels >= self.num_classes)).any()):
-            raise ValueError(f"labels must lie in 0..{self.num_classes - 1}; got min "
-                             f"{int(labels.min())}, max {int(labels.max())}")
+        outside = (labels < 0) | (labels >= self.num_classes)
+        if labels.device.type == "cpu" and n and bool(outside.any()):  # free to check here: no GPU sync
+            self._refuse(labels)
+        if labels.device.type != "cpu":  # checked once, in result(): reading it now would sync the GPU
+            self.outside = self.outside + outside.sum().to(self.outside.device)
+        labels = labels.to(self.sums.device).long().clamp(0, self.num_classes - 1)
         f = features.detach().to(self.sums.device, self.sums.dtype)
         w = weights.detach().to(self.sums.device, self.sums.dtype)
         self.sums.index_add_(0, labels, f * w.unsqueeze(1))
-        self.counts += torch.bincount(labels, minlength=self.num_classes)
+        self.counts.index_add_(0, labels, torch.ones_like(labels))  # bincount would sync on a GPU
+
+    def _refuse(self, labels: Optional[torch.Tensor] = None) -> None:
+        """Raise the ValueError of labels outside 0..C−1 (naming their range when given)."""
+        seen = f"; got min {int(labels.min())}, max {int(labels.max())}" if labels is not None else ""
+        raise ValueError(f"labels must lie in 0..{self.num_classes - 1}{seen}")
 
     @torch.no_grad()
     def result(self, old: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -83,6 +94,8 @@ class PrototypeAccumulator:
             old = torch.zeros_like(self.sums)
         if old.shape != self.sums.shape:
             raise ValueError(f"old must have shape {tuple(self.sums.shape)}, got {tuple(old.shape)}")
+        if int(self.outside):  # one host read per pass
+            self._refuse()
         seen = self.counts > 0
         # clamp only avoids 0/0 on unseen rows, which torch.where discards anyway.
         mean = self.sums / self.counts.clamp(min=1).unsqueeze(1).to(self.sums.dtype)

@@ -62,10 +62,9 @@ def batch_hard_triplet(features: torch.Tensor, labels: torch.Tensor,
     hardest_pos = dist.masked_fill(~same, float("-inf")).max(dim=1).values
     hardest_neg = dist.masked_fill(same, float("inf")).min(dim=1).values
     valid = (~same).any(dim=1)
-    if not bool(valid.any()):
-        return features.sum() * 0.0
     losses = F.relu(hardest_pos - hardest_neg + margin)
-    return losses[valid].mean()
+    # Masked mean instead of losses[valid] (a host sync on a GPU); 0 with a graph when nothing is valid.
+    return torch.where(valid, losses, 0.0).sum() / valid.sum().clamp(min=1)
 
 
 def prototype_distance(features: torch.Tensor, prototypes: torch.Tensor,
@@ -145,16 +144,27 @@ def _block_means(kernel: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
 
 
 def _class_masks(y: torch.Tensor, z: torch.Tensor, dtype: torch.dtype
-                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One-hot row masks ``(C, 3n)`` of the a-, b- and t-rows of ``[a; b; t]`` for each distinct y."""
-    classes = torch.unique(y)
-    rgb = (y.unsqueeze(0) == classes.unsqueeze(1)).to(dtype)  # (C, n)
-    ir = (z.unsqueeze(0) == classes.unsqueeze(1)).to(dtype)  # (C, n'); z-classes not in y: no row
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One-hot row masks ``(n, 3n)`` of the a-, b- and t-rows of ``[a; b; t]`` for the distinct labels of
+    ``y`` in increasing order, then all-zero rows up to n rows; and the number of distinct labels (a
+    0-dim tensor).
+
+    ``torch.unique`` would give exactly the distinct rows, but its size must be read on the host (a sync
+    on a GPU); here the distinct values are the starts of the runs of the sorted labels, moved to the
+    front by a stable sort, and the other rows get the label −1, which no sample has.
+    """
+    sorted_y = torch.sort(y).values
+    start = torch.ones_like(sorted_y, dtype=torch.bool)
+    start[1:] = sorted_y[1:] != sorted_y[:-1]
+    front = torch.argsort((~start).to(torch.uint8), stable=True)
+    classes = torch.where(start[front], sorted_y[front], -1)
+    rgb = (y.unsqueeze(0) == classes.unsqueeze(1)).to(dtype)  # (n, n)
+    ir = (z.unsqueeze(0) == classes.unsqueeze(1)).to(dtype)  # (n, n'); z-classes not in y: no row
     zeros_rgb, zeros_ir = torch.zeros_like(rgb), torch.zeros_like(ir)
     mask_a = torch.cat([rgb, zeros_rgb, zeros_ir], dim=1)
     mask_b = torch.cat([zeros_rgb, rgb, zeros_ir], dim=1)
     mask_t = torch.cat([zeros_rgb, zeros_rgb, ir], dim=1)
-    return mask_a, mask_b, mask_t
+    return mask_a, mask_b, mask_t, start.sum()
 
 
 def inter_modality_loss(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor,
@@ -180,7 +190,7 @@ def inter_modality_loss(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor,
     sq_live = _pairwise_sq(feats)
     sq_sg = sq_live.detach()
     sq_half = _pairwise_sq(feats, feats.detach())
-    m_a, m_b, m_t = _class_masks(y, z, feats.dtype)
+    m_a, m_b, m_t, num_classes = _class_masks(y, z, feats.dtype)
     n_a, n_t = m_a.sum(1), m_t.sum(1)
     row_class = m_a + m_b + m_t  # (C, R): each row in at most one class
     losses = feats.new_zeros(m_a.shape[0])
@@ -199,5 +209,5 @@ def inter_modality_loss(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor,
         x_to_t = _block_means(k_half, m_x, m_t, n_a, n_t)  # rows X live, T detached
         t_to_x = _block_means(k_half, m_t, m_x, n_t, n_a)  # rows T live, X detached
         losses = losses + (xx_live + tt_sg - 2.0 * x_to_t) + (tt_live + xx_sg - 2.0 * t_to_x)
-    present = (n_t > 0).to(losses.dtype)
-    return (losses * present).sum() / m_a.shape[0]
+    present = (n_t > 0).to(losses.dtype)  # also 0 on the padding rows of _class_masks
+    return (losses * present).sum() / num_classes

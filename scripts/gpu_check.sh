@@ -1,31 +1,62 @@
 #!/usr/bin/env bash
-# One command for anyone with a GPU machine: does this code run, and how fast, on CUDA?  (<= 8 minutes)
+# One command for whoever first has a GPU machine: does what users run work on CUDA, and how fast?  (<= 8 min)
 #
-#   1. the GPU-marked tests (pytest -m gpu: device k-NN and clustering against the CPU path, mixed-precision
-#      training steps, channels_last, the memory update on CUDA)
-#   2. the whole pipeline on generated data on CUDA with --amp bf16: stage 1 (baseline_sysu.py, with
-#      --channels-last) -> stage 2 (main.py) -> test.py, with the tiny settings of tests/e2e_harness.py
-#   3. scripts/bench_train.py at real size (ResNet-50 at 288x144, the released batches, SYSU-sized
-#      clustering): loader images/s per core, step times per --amp mode, extraction, clustering, and the
-#      estimated wall-clock of both stages on SYSU-MM01
-# Prints one table (and the benchmark's tables); exits non-zero if any step failed or ran out of time.
+#   gpu           the GPUs, their compute capability, bfloat16 and faiss-gpu support (checked first: the bf16
+#                 and faiss checks below run only where supported)
+#   gpu_tests     the GPU-marked tests (pytest -m gpu: k-NN and clustering against the CPU path, mixed-precision
+#                 steps, channels_last, the memory update on CUDA)
+#   s1_cudaN      stage 1 on the LAST visible GPU (--device cuda:N, --channels-last), float32 (+TF32)
+#   s2_cudaN      stage 2 on the same GPU from that stage 1; test_cudaN: test.py on its best.pth
+#   s1_fp16       stage 1 and stage 2 with --amp fp16 (autocast + GradScaler)
+#   s2_fp16
+#   s1_bf16       stage 1 and stage 2 with --amp bf16, where the GPU has bfloat16 (compute capability >= 8.0)
+#   s2_bf16
+#   s1_faiss      stage 1 with --knn faiss on the GPU, where faiss-gpu is installed
+#   s1_dp         >= 2 GPUs: stage 1 under DataParallel over every visible GPU (--device cuda)
+#   s1_ddp        >= 2 GPUs: stage 1 and stage 2 under torchrun with 2 processes (NCCL) and --sync-bn
+#   s2_ddp
+#   speed         scripts/bench_train.py at real size (ResNet-50 at 288x144, the released batches, SYSU-sized
+#                 clustering): step times per --amp mode, loader, extraction, clustering, stage estimates
+# The pipeline runs use generated data (SYSU layout, 24 ids) and tiny settings (resnet18 at 32x16, 2 epochs of 2
+# iterations). Every check prints one line (name, status, seconds, log); a check not applicable here prints
+# "skipped (reason)". The table is repeated at the end, then the speed tables. Exits 1 if any check failed.
 #
-# Usage: bash scripts/gpu_check.sh [OUT_DIR]       (default OUT_DIR: gpu_check_run; logs per step inside)
+# Usage: bash scripts/gpu_check.sh [OUT_DIR]       (default OUT_DIR: gpu_check_run; one log per check inside)
 #        PYTHON=/path/to/python bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-gpu_check_run}"
 PY="${PYTHON:-python}"
-BUDGET=480   # seconds for everything; each step gets at most its own cap and what is left of this
+BUDGET=480   # seconds for everything; each check gets at most its own cap and what is left of this
 mkdir -p "$OUT"
-if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "gpu_check: no CUDA device is visible to $PY (torch.cuda.is_available() is False)" >&2
-    exit 2
-fi
+INFO=$("$PY" - <<'EOF'
+import torch
+if not torch.cuda.is_available():
+    raise SystemExit(1)
+n = torch.cuda.device_count()
+major, minor = torch.cuda.get_device_capability(n - 1)
+bf16 = int(torch.cuda.is_bf16_supported(including_emulation=False))
+try:
+    import faiss
+    gpu_faiss = int(hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
+except ImportError:
+    gpu_faiss = 0
+print(n, f"{major}.{minor}", bf16, gpu_faiss, torch.cuda.get_device_name(n - 1).replace(" ", "_"), torch.__version__)
+EOF
+) || { echo "gpu_check: no CUDA device is visible to $PY (torch.cuda.is_available() is False)" >&2; exit 2; }
+read -r NGPU CAP BF16 FAISS_GPU GPU_NAME TORCH_VERSION <<<"$INFO"
+LAST=$((NGPU - 1))
 start=$SECONDS
 FAILED=0
 ROWS=()
-run() {  # run NAME CAP_SECONDS COMMAND...: output to $OUT/NAME.log, one row of the table
+row() {  # row NAME STATUS SECONDS LOG: print one line of the table and keep it for the summary
+    ROWS+=("$(printf '%-11s %-40s %5ss  %s' "$1" "$2" "$3" "$4")")
+    echo "${ROWS[-1]}"
+}
+skip() {  # skip NAME REASON
+    row "$1" "skipped ($2)" 0 -
+}
+run() {  # run NAME CAP_SECONDS COMMAND...: output to $OUT/NAME.log, one line of the table
     local name=$1 cap=$2 t0=$SECONDS status=ok rc=0
     shift 2
     local left=$((BUDGET - (SECONDS - start)))
@@ -40,33 +71,72 @@ run() {  # run NAME CAP_SECONDS COMMAND...: output to $OUT/NAME.log, one row of 
             FAILED=1
         fi
     fi
-    ROWS+=("$(printf '%-10s %-34s %5ss  %s' "$name" "$status" "$((SECONDS - t0))" "$OUT/$name.log")")
-    echo "${ROWS[-1]}"
+    row "$name" "$status" "$((SECONDS - t0))" "$OUT/$name.log"
 }
 
 DATA="$OUT/data"
-LOGS="$OUT/logs"
-rm -rf -- "$LOGS"
-TINY=(--device cuda --amp bf16 --arch resnet18 --img-h 32 --img-w 16 --workers 2)
+rm -rf -- "$OUT/logs"
+TINY=(--arch resnet18 --img-h 32 --img-w 16 --workers 2)
+S1=(--data-dir "$DATA" --pretrained none --epochs 2 --iters 2 --batch-size 16 --num-instances 4 --k1 15 --eps 0.45
+    --k1-joint 20 --k2-joint 10 --eval-step 2)
+S2=(--dataset sysu --data-dir "$DATA" --epochs 2 --warm-epochs 1 --lr 0.02 --matching hungarian --batch-ids 2
+    --num-pos 4 --eval-step 2)
+TORCHRUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node 2)
+stage1() {  # stage1 NAME CAP RUN LAUNCHER... -- FLAGS...: baseline_sysu.py into $OUT/logs/RUN
+    local name=$1 cap=$2 dir="$OUT/logs/$3" launcher=()
+    shift 3
+    while [ "$1" != "--" ]; do launcher+=("$1"); shift; done
+    shift
+    run "$name" "$cap" "${launcher[@]}" baseline_sysu.py --output-dir "$dir" "${S1[@]}" "${TINY[@]}" "$@"
+}
+stage2() {  # stage2 NAME CAP RUN LAUNCHER... -- FLAGS...: main.py from the stage 1 of $OUT/logs/RUN
+    local name=$1 cap=$2 dir="$OUT/logs/$3" launcher=()
+    shift 3
+    while [ "$1" != "--" ]; do launcher+=("$1"); shift; done
+    shift
+    run "$name" "$cap" "${launcher[@]}" main.py --output-dir "$dir" --resume-net1 "$dir/sysu/baseline/final.pth" \
+        "${S2[@]}" "${TINY[@]}" "$@"
+}
 
-run gpu_tests 120 "$PY" -m pytest -q -m gpu tests/
-run data 60 "$PY" scripts/make_synthetic.py --layout sysu --out "$DATA" --ids 24 --seed 0 --img-h 64 --img-w 32 --force
-run stage1 120 "$PY" baseline_sysu.py --data-dir "$DATA" --output-dir "$LOGS" "${TINY[@]}" --channels-last \
-    --pretrained none --epochs 2 --iters 2 --batch-size 16 --num-instances 4 --k1 15 --eps 0.45 \
-    --k1-joint 20 --k2-joint 10 --eval-step 2
-run stage2 120 "$PY" main.py --dataset sysu --data-dir "$DATA" --output-dir "$LOGS" "${TINY[@]}" \
-    --resume-net1 "$LOGS/sysu/baseline/final.pth" --epochs 2 --warm-epochs 1 --lr 0.02 --matching hungarian \
-    --batch-ids 2 --num-pos 4 --eval-step 2
-run test 60 "$PY" test.py --dataset sysu --data-dir "$DATA" --resume-net1 "$LOGS/sysu/mmm/best.pth" "${TINY[@]}"
-run bench 300 "$PY" scripts/bench_train.py --device cuda --size real --out "$OUT/bench_train.json" \
+row gpu "$NGPU x $GPU_NAME, cc $CAP, bf16 $BF16, faiss-gpu $FAISS_GPU" 0 "torch $TORCH_VERSION"
+run gpu_tests 90 "$PY" -m pytest -q -m gpu tests/
+run data 30 "$PY" scripts/make_synthetic.py --layout sysu --out "$DATA" --ids 24 --seed 0 --img-h 64 --img-w 32 --force
+stage1 s1_cudaN 45 cudaN "$PY" -- --device "cuda:$LAST" --channels-last
+stage2 s2_cudaN 45 cudaN "$PY" -- --device "cuda:$LAST" --channels-last
+run test_cudaN 30 "$PY" test.py --dataset sysu --data-dir "$DATA" --resume-net1 "$OUT/logs/cudaN/sysu/mmm/best.pth" \
+    "${TINY[@]}" --device "cuda:$LAST"
+stage1 s1_fp16 45 fp16 "$PY" -- --device cuda --amp fp16
+stage2 s2_fp16 45 fp16 "$PY" -- --device cuda --amp fp16
+if [ "$BF16" = 1 ]; then
+    stage1 s1_bf16 45 bf16 "$PY" -- --device cuda --amp bf16
+    stage2 s2_bf16 45 bf16 "$PY" -- --device cuda --amp bf16
+else
+    skip s1_bf16 "no bfloat16 on compute capability $CAP"
+    skip s2_bf16 "no bfloat16 on compute capability $CAP"
+fi
+if [ "$FAISS_GPU" = 1 ]; then
+    stage1 s1_faiss 45 faiss "$PY" -- --device cuda --knn faiss
+else
+    skip s1_faiss "faiss-gpu not installed"
+fi
+if [ "$NGPU" -ge 2 ]; then
+    stage1 s1_dp 45 dp "$PY" -- --device cuda
+    stage1 s1_ddp 60 ddp "${TORCHRUN[@]}" -- --device cuda --sync-bn
+    stage2 s2_ddp 60 ddp "${TORCHRUN[@]}" -- --device cuda --sync-bn
+else
+    skip s1_dp "1 GPU"
+    skip s1_ddp "1 GPU"
+    skip s2_ddp "1 GPU"
+fi
+run speed 180 "$PY" scripts/bench_train.py --device cuda --size real --out "$OUT/bench_train.json" \
     --workdir "$OUT/bench_work"
 
 echo
 echo "== gpu_check ($((SECONDS - start))s; logs in $OUT)"
-printf '%-10s %-34s %6s  %s\n' step status time log
+printf '%-11s %-40s %6s  %s\n' check status time log
 printf '%s\n' "${ROWS[@]}"
-if [ -f "$OUT/bench.log" ]; then
+if [ -f "$OUT/speed.log" ]; then
     echo
-    sed -n '/^loader, images/,$p' "$OUT/bench.log"
+    sed -n '/^loader, images/,$p' "$OUT/speed.log"
 fi
 exit "$FAILED"

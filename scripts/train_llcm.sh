@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:?usage: train_llcm.sh DATA_DIR [flags]}"; shift
+source scripts/output_dir.sh
+OUT="$(output_dir "$@")"  # stage 2 and test.py read what stage 1 wrote there
 python baseline_llcm.py --data-dir "$DATA" "$@"
-python main.py --dataset llcm --data-dir "$DATA" --resume_net1 logs/llcm/baseline/final.pth "$@"
-python test.py --dataset llcm --data-dir "$DATA" --resume-net1 logs/llcm/mmm/best.pth
+python main.py --dataset llcm --data-dir "$DATA" --resume_net1 "$OUT"/llcm/baseline/final.pth "$@"
+python test.py --dataset llcm --data-dir "$DATA" --resume-net1 "$OUT"/llcm/mmm/best.pth

@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:?usage: train_regdb.sh DATA_DIR [flags]}"; shift
+source scripts/output_dir.sh
+OUT="$(output_dir "$@")"  # stage 2 and test.py read what stage 1 wrote there
 for T in 1 2 3 4 5 6 7 8 9 10; do
     python baseline_regdb.py --data-dir "$DATA" --trial "$T" "$@"
     python main.py --dataset regdb --data-dir "$DATA" --trial "$T" \
-        --resume_net1 "logs/regdb_trial$T/baseline/final.pth" "$@"
+        --resume_net1 "$OUT/regdb_trial$T/baseline/final.pth" "$@"
 done
-python test.py --dataset regdb --data-dir "$DATA" --trial all --resume-net1 'logs/regdb_trial{trial}/mmm/best.pth'
+python test.py --dataset regdb --data-dir "$DATA" --trial all --resume-net1 "$OUT/regdb_trial{trial}/mmm/best.pth"

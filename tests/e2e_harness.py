@@ -3,10 +3,11 @@ of the entry points, a subprocess runner that can kill everything it started whe
 interrupted, interruption of a run at a checkpoint, the assertions shared by the tests, and the records the
 jobs of tests/e2e_jobs.py hand to the tests.
 
-Interruptions wait for a checkpoint *and* its metrics line before sending the signal, so the kill never
+Kills (SIGKILL) wait for a checkpoint *and* its metrics line before sending the signal, so the kill never
 depends on timing (the next write is a whole epoch away); the window between those two writes is tested on
 its own, deterministically (``test_resume_after_kill_between_checkpoint_and_metrics`` in
-tests/test_e2e_stage1.py).
+tests/test_e2e_stage1.py). Ctrl-C (SIGINT) is sent from inside the run at a chosen training event
+(:func:`run_interrupted_at`), so where it lands never depends on timing either.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Set
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,11 +53,11 @@ _LIVE_LOCK = threading.Lock()
 _STOPPING = threading.Event()           # set on Ctrl-C: no new subprocess starts
 
 
-def _start(cmd: List[str], **kwargs) -> subprocess.Popen:
+def _start(cmd: List[str], env: Optional[Dict[str, str]] = None, **kwargs) -> subprocess.Popen:
     with _LIVE_LOCK:
         if _STOPPING.is_set():
             raise RuntimeError("test session interrupted")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, text=True, **kwargs)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env or ENV, text=True, **kwargs)
         _LIVE.add(proc)
     return proc
 
@@ -125,6 +126,42 @@ def run_and_interrupt(script: str, args: Sequence, checkpoint: Path, run_dir: Pa
                 proc.wait()
             _forget(proc)
     return Interrupted(signalled, proc.returncode, log.read_text())
+
+
+# Installed as sitecustomize (PYTHONPATH) by run_interrupted_at: an observer of the training events
+# (utils/train/callbacks.py) that sends the process a real SIGINT, as Ctrl-C does, at one chosen event.
+_INTERRUPT_HOOK = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from utils.train.callbacks import OBSERVERS
+def _interrupt(event, rank, stage, phase=None, epoch=None, **info):
+    if event == {event!r} and stage == {stage!r} and epoch == {epoch!r}:
+        open({marker!r}, "w").close()
+        os.kill(os.getpid(), signal.SIGINT)
+OBSERVERS.add(_interrupt)
+"""
+
+
+def run_interrupted_at(script: str, args: Sequence, stage: str, epoch: int, workdir: Path, log: Path,
+                       event: str = "epoch_end", timeout: float = TIMEOUT) -> Interrupted:
+    """Run ``script`` and send it SIGINT from inside at ``event`` of ``stage``'s 1-based ``epoch``
+    (``epoch_end`` comes before that epoch's checkpoint): the interruption lands at the same point of
+    the run whatever the machine's speed. ``signalled``: whether the event came."""
+    hook, marker = workdir / "interrupt_hook", workdir / "interrupt_sent"
+    hook.mkdir(parents=True, exist_ok=True)
+    (hook / "sitecustomize.py").write_text(_INTERRUPT_HOOK.format(root=str(ROOT), event=event, stage=stage,
+                                                                  epoch=epoch, marker=str(marker)))
+    cmd = [sys.executable, script, *[str(a) for a in args]]
+    with open(log, "w") as out:
+        proc = _start(cmd, env={**ENV, "PYTHONPATH": str(hook)}, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        finally:
+            _forget(proc)
+    return Interrupted(marker.exists(), proc.returncode, log.read_text())
 
 
 # ----------------------------------------------------------------------------------------------

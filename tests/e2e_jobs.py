@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from e2e_harness import (STAGE1, STAGE2, TINY, Stage1, Stage2, Synth, Window, assert_ok, metrics_lines,
-                         phase_epochs, run, run_and_interrupt, run_state)
+                         phase_epochs, run, run_and_interrupt, run_interrupted_at, run_state)
 from e2e_scheduler import Jobs, JobSpec
 
 TESTPY_REFUSALS = ("missing", "not_a_checkpoint", "other_dataset", "other_arch")
@@ -80,15 +80,15 @@ def _regdb_window(jobs: Jobs, out: Path) -> Window:
 
 
 def _sysu_stage2(jobs: Jobs, out: Path) -> Stage2:
-    """main.py from the SYSU final.pth, interrupted with SIGINT after epoch 0, then resumed."""
+    """main.py from the SYSU final.pth, interrupted with SIGINT in epoch 2 (after its training, before
+    its checkpoint: epoch 1 is the last complete one), then resumed."""
     synth: Synth = jobs.result("synth")
     s1: Stage1 = jobs.result("sysu_stage1")
     assert_ok(s1.resumed)
     run_dir = out / "sysu" / "mmm"
     args = ["--dataset", "sysu", "--data-dir", synth.sysu, "--output-dir", out,
             "--resume_net1", s1.run_dir / "final.pth", "--report-ari", *STAGE2]
-    first = run_and_interrupt("main.py", args, run_dir / "last.pth", run_dir, records=1, sig=signal.SIGINT,
-                              log=out / "first_run.txt")
+    first = run_interrupted_at("main.py", args, "stage2", 2, out, log=out / "first_run.txt")
     after = {"records": [r["epoch"] for r in metrics_lines(run_dir)]}
     return Stage2(run_dir, first, after, run("main.py", *args, "--resume"))
 

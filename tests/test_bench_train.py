@@ -5,7 +5,6 @@ import importlib.util
 import json
 import os
 import re
-import shlex
 import subprocess
 
 import pytest
@@ -77,47 +76,11 @@ def test_gpu_check_bash_syntax():
     assert subprocess.run(["bash", "-n", GPU_CHECK], capture_output=True).returncode == 0
 
 
-def _gpu_check_calls():
-    """(target, argv) of every ``run NAME CAP "$PY" ...`` line, with "${TINY[@]}" expanded and variables
-    replaced by placeholders."""
-    text = open(GPU_CHECK).read().replace("\\\n", " ")
-    tiny = shlex.split(re.search(r"^TINY=\((.*)\)$", text, flags=re.M).group(1))
-    calls = []
-    for name, cap, rest in re.findall(r'^run (\w+) (\d+) "\$PY" (.*)$', text, flags=re.M):
-        rest = rest.replace('"${TINY[@]}"', " ".join(tiny))
-        argv = shlex.split(re.sub(r"\$\{?(\w+)\}?", r"<\1>", rest))
-        calls.append((name, int(cap), argv))
-    return calls
-
-
-def test_gpu_check_command_lines_parse():
-    from utils.args import baseline_parser, mmm_parser, parse
-
-    test_entry = _load("test.py", "gpu_check_test_entry")
-    calls = _gpu_check_calls()
-    assert [c[0] for c in calls] == ["gpu_tests", "data", "stage1", "stage2", "test", "bench"]
-    parsed = {}
-    for name, cap, argv in calls:
-        target, rest = argv[0], argv[1:]
-        if target == "-m":
-            assert rest[:3] == ["pytest", "-q", "-m"] and rest[3] == "gpu"
-            assert re.search(r"^\s+gpu:", open(os.path.join(ROOT, "pytest.ini")).read(), flags=re.M)
-        elif target == "baseline_sysu.py":
-            parsed[name] = parse(baseline_parser("sysu"), rest, dataset="sysu")
-        elif target == "main.py":
-            parsed[name] = parse(mmm_parser(), rest)
-        elif target == "test.py":
-            parsed[name] = parse(test_entry.build_parser(), rest)
-        else:
-            parsed[name] = _load(target, f"gpu_check_{name}").build_parser().parse_args(rest)
-    for stage in ("stage1", "stage2", "test"):
-        assert parsed[stage].device == "cuda" and parsed[stage].amp == "bf16"
-    assert parsed["stage1"].channels_last
-    assert parsed["stage2"].resume_net1 == "<LOGS>/sysu/baseline/final.pth"
-    assert parsed["test"].resume_net1 == "<LOGS>/sysu/mmm/best.pth"
-    assert parsed["bench"].device == "cuda" and parsed["bench"].size == "real"
+def test_gpu_check_keeps_to_eight_minutes():
+    """Every check's time comes out of one budget of at most 8 minutes (the command lines themselves are checked
+    against the real parsers by tests/test_gpu_paths_steps.py, which runs the script with a stand-in python)."""
     budget = int(re.search(r"^BUDGET=(\d+)", open(GPU_CHECK).read(), flags=re.M).group(1))
-    assert budget <= 480  # the promised 8 minutes
+    assert budget <= 480
 
 
 # ------------------------------------------------------------------------------------------------ loaders

@@ -1,8 +1,9 @@
 """End-to-end tests of stage 2 through ``main.py`` as a subprocess, on small generated datasets, on the
 CPU (issue 5, "Done when"):
 
-* a two-epoch ``main.py`` run from the SYSU stage-1 checkpoint, interrupted with Ctrl-C (SIGINT) after
-  its first epoch and resumed;
+* a two-epoch ``main.py`` run from the SYSU stage-1 checkpoint, interrupted with Ctrl-C (a real SIGINT,
+  sent from inside the run at the end of epoch 2's training, before its checkpoint: no timing involved)
+  and resumed;
 * refusals, each exit status 2 with one ``error:`` line on stderr and no traceback: an artifact of
   another dataset or trial, a checkpoint of another dataset, an artifact whose image paths do not match
   the data on disk.
@@ -21,7 +22,7 @@ from e2e_jobs import needs
 
 @needs("sysu_stage2")
 def test_main_resume_after_interruption(e2e):
-    """main.py: Ctrl-C after epoch 1 (exit 130, no traceback), --resume runs epoch 2 only."""
+    """main.py: Ctrl-C during epoch 2 (exit 130, no traceback), --resume runs epoch 2 only."""
     s: Stage2 = e2e.get("sysu_stage2")
     assert s.first.signalled and s.first.returncode == 130, s.first.output[-3000:]
     assert "interrupted" in s.first.output and "Traceback" not in s.first.output

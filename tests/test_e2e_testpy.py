@@ -31,8 +31,9 @@ def test_testpy_sysu_on_stage2_checkpoint(e2e):
     assert "all-search MEAN" in proc.stdout
     ckpt = s.run_dir / "best.pth"
     rec = json.loads((s.run_dir / "test_sysu_all.json").read_text())
-    assert set(rec) == {"dataset", "trial", "checkpoint", "stage", "epoch", "arch", "img_h", "img_w", "mode", "shot",
-                        "flip", "gallery_trials", "results"}
+    assert set(rec) == {"dataset", "trial", "checkpoint", "stage", "epoch", "arch", "pretrained", "img_h", "img_w",
+                        "mode", "shot", "flip", "gallery_trials", "results"}
+    assert rec["pretrained"] == {"source": "random init", "file": "", "sha256": ""}  # the e2e runs use --pretrained none
     assert (rec["dataset"], rec["trial"], rec["stage"], rec["mode"], rec["shot"], rec["flip"]) == \
         ("sysu", None, "mmm", "all", 1, False)
     assert (rec["arch"], rec["img_h"], rec["img_w"], rec["gallery_trials"]) == ("resnet18", 32, 16, 10)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchvision
 
 from model import ARCHS, EmbedNet, EmbedOutput, PretrainedWeightsError, build_model
-from model.agw import param_groups_stage2
+from model import param_groups_stage2
 from model.layers import GeM, NonLocalBlock
 
 H, W = 64, 32  # small inputs keep the resnet18 tests fast
@@ -265,4 +265,4 @@ def test_pretrained_imagenet_without_network(monkeypatch):
     with pytest.raises(PretrainedWeightsError, match="--pretrained none") as info:
         build_model("resnet50", pretrained="imagenet")
     assert "resnet50-19c8e357.pth" in str(info.value)
-    assert set(ARCHS) == {"resnet18", "resnet34", "resnet50"} and EmbedNet is not None
+    assert set(ARCHS) == {"resnet18", "resnet34", "resnet50", "mobilenet_v2"} and EmbedNet is not None

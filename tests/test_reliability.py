@@ -92,7 +92,7 @@ def test_eps_zero_through_baseline_script(tmp_path):
     proc = subprocess.run([sys.executable, "baseline_sysu.py", "--data-dir", str(tmp_path), "--eps", "0"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].endswith("argument --eps: must be a number > 0, got 0")
+    assert proc.stderr.strip().splitlines()[-1].endswith("argument --eps: must be a number in (0, 1], got 0")
 
 
 def test_valid_edge_values_still_parse():

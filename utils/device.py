@@ -9,7 +9,7 @@ import contextlib
 import os
 import random
 import time
-from typing import Optional, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -34,6 +34,8 @@ def resolve_device(name: Optional[str] = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"--device {name} was given but no GPU is visible; use --device cpu "
                         "(or check CUDA_VISIBLE_DEVICES and the torch CUDA build)")
+    if device.type == "cuda" and device.index is not None:
+        parallel_device_ids(device.index, torch.cuda.device_count())  # one-line error for a missing GPU
     return device
 
 
@@ -107,12 +109,17 @@ def configure_backends(device: torch.device, amp: AmpMode = "off") -> None:
     On CUDA: float32 matrix products and convolutions may use TF32 (what the release's torch 1.8 did by
     default on GPUs that have it, so ``--amp off`` keeps the released numerics), and cuDNN picks the
     fastest convolution algorithms for the fixed input sizes (``cudnn.benchmark``). The exact k-NN
-    search of the clustering switches TF32 off for itself (clustering/knn.py). Also validates ``amp``
+    search, MMLM's k-means and its cost switch TF32 off for themselves (clustering/knn.py
+    ``exact_float32``). ``--device cuda:N`` becomes the current CUDA device. Also validates ``amp``
     for ``device`` (one-line error for ``--amp fp16`` on a CPU).
     """
     amp_dtype(amp, device)
     if device.type != "cuda":
         return
+    if device.index is not None:
+        # The current device is what torch.cuda.synchronize(), the pin-memory thread and new CUDA
+        # tensors without an index use: cuda:N, not GPU 0 (torchrun's processes set theirs already).
+        torch.cuda.set_device(device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
@@ -147,15 +154,31 @@ def default_threads(cap: int = 8) -> int:
     return 1 if busy >= cores / 2 else max(1, min(cores, cap))
 
 
-def maybe_data_parallel(model: nn.Module, device: torch.device, distributed: bool = False) -> nn.Module:
-    """Wrap ``model`` in ``nn.DataParallel`` when several GPUs are visible and we are not under DDP.
+def parallel_device_ids(index: Optional[int], count: int) -> List[int]:
+    """GPUs that DataParallel uses for ``--device cuda:index`` (``None``: ``--device cuda``, from GPU 0)
+    with ``count`` GPUs visible: ``index`` and every GPU after it.
 
-    DataParallel splits every batch over the visible GPUs, so BatchNorm statistics are computed
-    per replica (as in the released code); results therefore depend on the GPU count.
+    The model lives on the first of them (DataParallel's requirement), so ``cuda:N`` trains on GPUs
+    N..count-1 and never touches the GPUs before N; ``cuda`` and ``cuda:0`` use all of them.
     """
-    if device.type == "cuda" and not distributed and torch.cuda.device_count() > 1:
-        return AutocastDataParallel(model)
-    return model
+    start = 0 if index is None else int(index)
+    if not 0 <= start < count:
+        raise DataError(f"--device cuda:{start} does not exist: {count} GPU(s) are visible (cuda:0 .. "
+                        f"cuda:{count - 1})")
+    return list(range(start, count))
+
+
+def maybe_data_parallel(model: nn.Module, device: torch.device, distributed: bool = False) -> nn.Module:
+    """Wrap ``model`` in ``nn.DataParallel`` over :func:`parallel_device_ids` when that gives several
+    GPUs and we are not under DDP.
+
+    DataParallel splits every batch over the GPUs, so BatchNorm statistics are computed per replica
+    (as in the released code); results therefore depend on the GPU count.
+    """
+    if device.type != "cuda" or distributed:
+        return model
+    ids = parallel_device_ids(device.index, torch.cuda.device_count())
+    return AutocastDataParallel(model, device_ids=ids) if len(ids) > 1 else model
 
 
 def in_autocast(fn, device_type: str, dtype: torch.dtype):
@@ -166,13 +189,32 @@ def in_autocast(fn, device_type: str, dtype: torch.dtype):
     return run
 
 
+def replica_count(sizes: Sequence[int], gpus: int) -> int:
+    """Replicas a DataParallel forward over ``gpus`` GPUs may use for inputs of ``sizes`` rows each: the
+    largest r <= ``gpus`` for which ``Tensor.chunk(r)`` cuts every input into exactly r pieces.
+
+    torch's scatter chunks each input separately and zips the pieces, so when, e.g., the 32 visible
+    views and the 16 infrared images of a batch split into 5 and 4 pieces on 5 GPUs (7 and 6 on 7), the
+    last visible piece would be dropped silently. With r replicas (4 and 6 there) every piece has a partner.
+    """
+    for r in range(min([gpus, *sizes]), 1, -1):
+        if all(len(range(0, n, -(-n // r))) == r for n in sizes):  # chunk(r) of n rows: ceil(n / r) each
+            return r
+    return 1
+
+
 class AutocastDataParallel(nn.DataParallel):
-    """``nn.DataParallel`` whose replica threads autocast to the caller's dtype.
+    """``nn.DataParallel`` whose replica threads autocast to the caller's dtype, and whose scatter
+    never drops rows (:func:`replica_count`).
 
     Autocast state is per thread, and torch's parallel_apply hands its worker threads only "enabled": a
     bfloat16 region (``--amp bf16``) would run the replicas in the default float16, without a gradient
     scaler. Here each replica runs inside an autocast of the caller's dtype.
     """
+
+    def scatter(self, inputs, kwargs, device_ids):
+        sizes = [len(t) for t in (*inputs, *(kwargs or {}).values()) if isinstance(t, torch.Tensor)]
+        return super().scatter(inputs, kwargs, device_ids[:replica_count(sizes, len(device_ids))])
 
     def parallel_apply(self, replicas, inputs, kwargs):
         if torch.is_autocast_enabled("cuda"):
@@ -196,17 +238,15 @@ def seed_everything(seed: int) -> None:
 def replica_order(n_rgb: int, n_ir: int, model: nn.Module) -> Optional[torch.Tensor]:
     """Index that puts the outputs of a mixed rgb+ir forward back in [all rgb; all ir] order.
 
-    ``nn.DataParallel`` scatters ``x_rgb`` and ``x_ir`` separately (``Tensor.chunk`` over the GPUs)
-    and each replica returns [its rgb chunk; its ir chunk], so the gathered rows interleave the
-    modalities. Returns None when the model is not DataParallel (rows are already in order).
+    ``nn.DataParallel`` scatters ``x_rgb`` and ``x_ir`` separately (``Tensor.chunk`` over the
+    :func:`replica_count` replicas that :class:`AutocastDataParallel` uses) and each replica returns
+    [its rgb chunk; its ir chunk], so the gathered rows interleave the modalities. Returns None when the
+    model is not DataParallel (rows are already in order).
     """
     if not isinstance(model, nn.DataParallel):
         return None
-    k = len(model.device_ids)
+    k = replica_count((n_rgb, n_ir), len(model.device_ids))
     rgb = torch.arange(n_rgb).chunk(k)
     ir = (torch.arange(n_ir) + n_rgb).chunk(k)
-    parts = []
-    for i in range(max(len(rgb), len(ir))):
-        parts.extend(p[i] for p in (rgb, ir) if i < len(p))
-    gathered = torch.cat(parts)          # gathered row j holds sample gathered[j]
+    gathered = torch.cat([part for pair in zip(rgb, ir) for part in pair])  # row j holds sample gathered[j]
     return torch.argsort(gathered)       # row of sample s in the gathered output

@@ -16,6 +16,9 @@ from data.images import ImageCache, default_cache_dir
 from data.sample import DataError
 from utils.device import resolve_device, seed_everything
 from utils.distributed import DistInfo, init_distributed, run_on_main
+from utils.checkpoint import check_compatible, load_checkpoint
+from utils.run_identity import check_same_run, stage1_digests
+from utils.runlock import acquire_lock
 from utils.runlog import setup_logger, write_args
 
 #: Flags holding a path, recorded absolute in ``args.json``.
@@ -54,7 +57,7 @@ def prepare_run(args, stage: str, last_checkpoint: str) -> RunContext:
     Raises:
         DataError: the run directory already holds a run and --resume was not given.
     """
-    from data.datasets import check_root
+    from data.datasets import check_dataset, check_root
 
     check_root(args.dataset, args.data_dir)
     dist = init_distributed(args)
@@ -67,7 +70,13 @@ def prepare_run(args, stage: str, last_checkpoint: str) -> RunContext:
     if existing and not args.resume:
         raise DataError(f"{run_dir} already holds a {stage} run; pass --resume to continue it, "
                         "or choose another --output-dir")
+    if stage == "mmm":  # saved with the run's checkpoints: a resume checks that stage 1 is still the same
+        args.stage1_inputs = run_on_main(lambda: stage1_digests(args), dist)
+    warning = run_on_main(lambda: claim_run_dir(args, run_dir, last_checkpoint if existing else None), dist)
+    check_dataset(args.dataset, args.data_dir, args.trial)  # every list resolvable before the first epoch
     logger = setup_logger(run_dir, stage, enabled=dist.is_main)
+    if warning:
+        logger.warning(warning)
     if dist.is_main:
         record = run_record(args)
         # log.txt collects every start of the run (a failed attempt, its corrected rerun, --resume): mark each
@@ -87,6 +96,24 @@ def prepare_run(args, stage: str, last_checkpoint: str) -> RunContext:
                 f"run dir {run_dir}, image cache {cache_dir or 'none (decoding images)'}"
                 f"{', resuming' if existing else ''}")
     return RunContext(run_dir=run_dir, device=device, logger=logger, dist=dist, cache_dir=cache_dir)
+
+
+def claim_run_dir(args, run_dir: str, last_checkpoint: Optional[str]) -> Optional[str]:
+    """Lock ``run_dir`` for this process and, when resuming from ``last_checkpoint`` (relative to it),
+    check that the command defines the same run as the checkpoint (stage 2: and the same stage-1
+    inputs, ``args.stage1_inputs``); nothing is written before. Rank 0 only. Returns the lock's warning
+    (a stale lock taken over) or None.
+
+    Raises:
+        DataError: another run holds the folder, or the flags or the stage-1 inputs differ from the run's.
+    """
+    _, warning = acquire_lock(run_dir)
+    if last_checkpoint is not None:
+        path = os.path.join(run_dir, last_checkpoint)
+        ckpt = load_checkpoint(path, flag="--resume")
+        check_compatible(ckpt, path, dataset=args.dataset, trial=args.trial)
+        check_same_run(ckpt.get("args") or {}, args, path)
+    return warning
 
 
 def check_writable(folder: str, flag: str) -> None:

@@ -25,7 +25,9 @@ from utils.checkpoint import check_compatible, load_checkpoint, load_model_state
 from utils.device import configure_backends, resolve_device
 from utils.distributed import env_rank
 from utils.evaluation import visualize
-from utils.evaluation.protocols import format_results, protocol_features, score_protocols, summarize
+from utils.evaluation.protocols import format_results, protocol_features, score_protocols
+from utils.evaluation.results import (check_replace, result_path, settings_of, summary_lines, summary_path,
+                                      trial_summary)
 from utils.run import check_writable
 from utils.runlog import write_json
 
@@ -49,7 +51,7 @@ def rerank_params(args: argparse.Namespace) -> Optional[RerankParams]:
     return RerankParams(k1, k2, lam)
 
 
-def input_size(args: argparse.Namespace, ckpt: dict, path: str) -> Tuple[int, int]:
+def input_size(args: argparse.Namespace, ckpt: dict, path: str, quiet: bool = False) -> Tuple[int, int]:
     """(img_h, img_w): --img-h/--img-w where given, else the training size stored in the checkpoint.
 
     A size that differs from training is allowed (a deliberate experiment) but warned about loudly:
@@ -59,7 +61,7 @@ def input_size(args: argparse.Namespace, ckpt: dict, path: str) -> Tuple[int, in
     th, tw = trained.get("img_h"), trained.get("img_w")
     h = args.img_h if args.img_h is not None else (th or 288)
     w = args.img_w if args.img_w is not None else (tw or 144)
-    if th is not None and tw is not None and (h, w) != (th, tw):
+    if th is not None and tw is not None and (h, w) != (th, tw) and not quiet:
         print(f"warning: {path} is evaluated at {h}x{w} but trained at {th}x{tw}; results are not comparable "
               f"(drop --img-h/--img-w to use the training size)", file=sys.stderr)
     return h, w
@@ -80,15 +82,11 @@ def evaluate_checkpoint(args: argparse.Namespace, path: str, trial, device: torc
     :func:`utils.evaluation.protocols.score_protocols` gives them; both result dicts come from the
     same features (one (D,) float32 vector per distinct test image).
     """
-    protocols = load_protocols(args.dataset, args.data_dir, trial=trial, modes=(args.mode,), shot=args.shot,
-                               gallery_trials=args.gallery_trials, directions=requested_directions(args))
-    ckpt = load_checkpoint(path, flag="--resume-net1")
-    check_compatible(ckpt, path, arch=args.arch, dataset=args.dataset, trial=trial)
+    protocols, ckpt, (img_h, img_w) = checked_inputs(args, path, trial, quiet=True)
     model = build_model(arch=ckpt["arch"], num_classes=ckpt["num_classes"], pretrained="none",
                         non_local=ckpt.get("non_local", True))
     load_model_state(model, ckpt, path)
     model.to(device)
-    img_h, img_w = input_size(args, ckpt, path)
     ckpt["img_h"], ckpt["img_w"] = img_h, img_w  # the size evaluated at, for the result JSON
     cache = ImageCache.open(args.cache_dir or default_cache_dir(args.data_dir), args.data_dir,
                             img_h, img_w, "lanczos")
@@ -97,6 +95,28 @@ def evaluate_checkpoint(args: argparse.Namespace, path: str, trial, device: torc
     results = score_protocols(args.dataset, protocols, feats, keep_distmats=args.visualize > 0)
     reranked = None if rerank is None else score_protocols(args.dataset, protocols, feats, rerank=rerank)
     return ckpt, results, reranked
+
+
+def checked_inputs(args: argparse.Namespace, path: str, trial, quiet: bool = False):
+    """(protocols, checkpoint, (img_h, img_w)) of one evaluation, checked: the protocol lists resolve and
+    the checkpoint fits --dataset/--trial/--arch. ``quiet``: no size warning (already printed)."""
+    protocols = load_protocols(args.dataset, args.data_dir, trial=trial, modes=(args.mode,), shot=args.shot,
+                               gallery_trials=args.gallery_trials, directions=requested_directions(args))
+    ckpt = load_checkpoint(path, flag="--resume-net1")
+    check_compatible(ckpt, path, arch=args.arch, dataset=args.dataset, trial=trial)
+    return protocols, ckpt, input_size(args, ckpt, path, quiet)
+
+
+def plan_output(args: argparse.Namespace, path: str, trial, rerank: Optional[RerankParams]):
+    """Before evaluating: the result file of one checkpoint and the identity of its evaluation, checked
+    (writable folder; no other evaluation replaced without --force). Returns (file, settings)."""
+    protocols, ckpt, img_hw = checked_inputs(args, path, trial)
+    settings = settings_of(args, path, trial, img_hw, list(protocols), rerank)
+    trained = tuple((ckpt.get("args") or {}).get(k) for k in ("img_h", "img_w"))
+    out = result_path(args, settings, trained if None not in trained else img_hw, list(SPECS[args.dataset].directions))
+    check_writable(os.path.dirname(os.path.abspath(out)), "--out")
+    check_replace(out, settings, args.force)
+    return out, settings
 
 
 def write_pictures(results: Dict, reranked: Optional[Dict], out_base: str, n: int, dataset: str) -> None:
@@ -126,22 +146,24 @@ def write_pictures(results: Dict, reranked: Optional[Dict], out_base: str, n: in
 
 
 def report(args: argparse.Namespace, path: str, trial, ckpt: dict, results: Dict, reranked: Optional[Dict],
-           rerank: Optional[RerankParams]) -> dict:
+           rerank: Optional[RerankParams], out: str) -> dict:
     """Print one checkpoint's results (re-ranked ones labelled) and write them as JSON; returns the record.
 
     ``epoch`` is the checkpoint's epoch as people count it (1-based: after the first epoch it says 1),
     which :func:`utils.checkpoint.load_checkpoint` returns for old and new checkpoints alike.
     """
     spec = SPECS[args.dataset]
+    weights = ckpt.get("pretrained") or {}
     print(f"== {args.dataset} {'trial %d ' % trial if trial else ''}checkpoint {path} "
           f"(stage {ckpt['stage']}, epoch {ckpt['epoch']})")
+    print(f"   started from: {weights.get('source', 'weights not recorded (an older checkpoint)')}"
+          f"{' (sha256 ' + weights['sha256'] + ')' if weights.get('sha256') else ''}")
     for line in format_results(results):
         print(line)
     label = f"[re-ranked k1={rerank.k1} k2={rerank.k2} lambda={rerank.lam}] " if rerank else ""
     for line in format_results(reranked or {}, label=label):
         print(line)
-    base = os.path.splitext(args.out or os.path.join(os.path.dirname(os.path.abspath(path)),
-                                                     spec.result_name(args.mode, trial)))[0]
+    base = os.path.splitext(out)[0]
     if args.visualize:
         write_pictures(results, reranked, base, args.visualize, args.dataset)
 
@@ -149,13 +171,14 @@ def report(args: argparse.Namespace, path: str, trial, ckpt: dict, results: Dict
         """The result dict without the picture-only ``_`` keys."""
         return {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in res.items()}
     record = dict(dataset=args.dataset, trial=trial, checkpoint=os.path.abspath(path), stage=ckpt["stage"],
-                  epoch=ckpt["epoch"], arch=ckpt["arch"], img_h=ckpt["img_h"], img_w=ckpt["img_w"],
+                  epoch=ckpt["epoch"], arch=ckpt["arch"], pretrained=ckpt.get("pretrained") or {},
+                  img_h=ckpt["img_h"], img_w=ckpt["img_w"],
                   mode=args.mode, shot=args.shot, flip=args.flip,
                   gallery_trials=len(next(iter(results.values()))["splits"]), results=clean(results))
     if reranked is not None:
         record.update(rerank={"k1": rerank.k1, "k2": rerank.k2, "lambda": rerank.lam}, results_rerank=clean(reranked))
-    write_json(base + ".json", record)
-    print(f"results written to {base}.json")
+    write_json(out, record)
+    print(f"results written to {out}")
     return record
 
 
@@ -171,20 +194,9 @@ def check_test_args(args: argparse.Namespace) -> None:
                         "e.g. 'logs/regdb_trial{trial}/mmm/best.pth'")
 
 
-def print_trial_summary(summary: Dict[int, dict]) -> None:
-    """Mean ± std over the trials of ``--trial all`` of every protocol's mean (plain, then re-ranked)."""
-    first = next(iter(summary.values()))
-    for key, label in (("results", ""), ("results_rerank", "[re-ranked] ")):
-        if key not in first:
-            continue
-        for name in first[key]:
-            avg = summarize({f"trial{t}": r[key][name]["mean"] for t, r in summary.items()})
-            print(f"{label}{name} over {len(summary)} trials: " +
-                  "  ".join(f"{k} {avg['mean'][k]:.2f}±{avg['std'][k]:.2f}" for k in avg["mean"]))
-
-
 def run_test(args: argparse.Namespace) -> Dict[int, dict]:
-    """Evaluate one checkpoint (or one per trial with ``--trial all``) and write the results as JSON.
+    """Evaluate one checkpoint (or one per trial with ``--trial all``) and write the results as JSON;
+    with several trials also the mean over them. Every destination is checked before the first evaluation.
 
     Returns ``{trial: record}`` (the records written), empty on ranks > 0 under torchrun.
     """
@@ -196,14 +208,20 @@ def run_test(args: argparse.Namespace) -> Dict[int, dict]:
     device = resolve_device(args.device)
     configure_backends(device, args.amp)  # TF32 / cudnn.benchmark as in training; refuses --amp fp16 on a CPU
     trials = list(trial_numbers(args.dataset)) if args.trial == "all" else [args.trial]
+    paths = {t: args.resume_net1.format(trial=t) if args.trial == "all" else args.resume_net1 for t in trials}
+    plans = {t: plan_output(args, paths[t], t, rerank) for t in trials}
+    if len(trials) > 1:
+        total = summary_path(args, list(paths.values()))
+        first = plans[trials[0]][1]
+        check_replace(total, dict(first, checkpoint=os.path.abspath(args.resume_net1), trial="all"), args.force)
     summary = {}
     for trial in trials:
-        path = args.resume_net1.format(trial=trial) if args.trial == "all" else args.resume_net1
-        # The JSON goes next to the checkpoint unless --out: make sure it can be written before evaluating.
-        if args.out or os.path.isfile(path):  # (a missing checkpoint is reported when it is loaded)
-            check_writable(os.path.dirname(os.path.abspath(args.out or path)), "--out")
-        ckpt, results, reranked = evaluate_checkpoint(args, path, trial, device, rerank)
-        summary[trial] = report(args, path, trial, ckpt, results, reranked, rerank)
+        ckpt, results, reranked = evaluate_checkpoint(args, paths[trial], trial, device, rerank)
+        summary[trial] = report(args, paths[trial], trial, ckpt, results, reranked, rerank, plans[trial][0])
     if len(trials) > 1:
-        print_trial_summary(summary)
+        record = trial_summary(summary, os.path.abspath(args.resume_net1), {t: plans[t][0] for t in trials})
+        for line in summary_lines(record):
+            print(line)
+        write_json(total, record)
+        print(f"mean over the trials written to {total}")
     return summary

@@ -9,5 +9,6 @@ stage2_steps.py  its building blocks: learning-rate schedule, samplers, forward 
                  the passes
 epoch_end.py     the end of an epoch (evaluate, best, checkpoints, metrics line, log) and the resume,
                  shared by both stages
+divergence.py    the one-line stop for a non-finite loss (epoch, last checkpoint, what to try), both stages
 callbacks.py     observers of training events (tests, tools); none by default
 """

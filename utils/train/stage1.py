@@ -21,7 +21,7 @@ from data.datasets import load_train
 from data.sample import IR, RGB, DataError, pids_of
 from data.specs import SPECS
 from data.transforms import build_train_transforms
-from model import build_model, to_channels_last
+from model import build_model, describe_weights, to_channels_last
 from utils.artifacts import save_artifact
 from utils.checkpoint import load_checkpoint, load_model_state, make_checkpoint
 from utils.device import configure_backends, grad_scaler, optimizer_step, unwrap
@@ -31,6 +31,7 @@ from utils.evaluation.features import extract_features
 from utils.evaluation.protocols import evaluate, format_results
 from utils.run import Timer, prepare_run
 from utils.train.callbacks import OBSERVERS
+from utils.train.divergence import DivergenceError, add_losses, diverged_at, fetch_sums, loss_is_finite
 from utils.train.epoch_end import EpochEnd, every_eval_step, finish_epoch, resume_from, write_checkpoint
 from utils.train.stage1_steps import (cluster_epoch, clustering_report, current_lr, loaders_step, memories_step,
                                       memory_step, trainable)
@@ -72,14 +73,30 @@ def run_evaluation(model, args, ctx) -> Dict:
     return results
 
 
-def train_epoch(model, optimizer, loaders, memories, args, ctx, joint: bool, scaler=None) -> Dict[str, float]:
+def train_step(model, optimizer, rgb_batch, ir_batch, m_rgb, m_ir, args, ctx, scaler=None,
+               diverged=None) -> Dict[str, torch.Tensor]:
+    """One optimizer step (through ``scaler`` under ``--amp fp16``) on a batch of each modality against
+    the memories ``m_rgb`` and ``m_ir``: the losses of :func:`memory_step`, then the step's one host sync
+    (is their sum finite? else raise ``diverged()``), backward and step. Returns the losses, detached,
+    on the device."""
+    losses = memory_step(model, rgb_batch, ir_batch, m_rgb, m_ir, ctx.device, amp=args.amp)
+    loss = sum(losses.values())
+    if not loss_is_finite(loss, ctx.dist):
+        raise diverged() if diverged is not None else DivergenceError("the loss became NaN or inf")
+    optimizer_step(loss, optimizer, scaler)
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def train_epoch(model, optimizer, loaders, memories, args, ctx, joint: bool, scaler=None,
+                diverged=None) -> Dict[str, float]:
     """``args.iters`` iterations; in the joint phase each iteration makes two optimizer steps
-    (through ``scaler`` under ``--amp fp16``). Returns the mean of each loss over the iterations."""
+    (:func:`train_step`; ``diverged()`` is the error raised for a non-finite loss). Returns the mean
+    of each loss over the iterations; the losses are read from the device once per progress print."""
     from tqdm import tqdm
 
     model.train()
     iters = {k: iter(v) for k, v in loaders.items() if v is not None}
-    sums: Dict[str, float] = {}
+    sums: Dict[str, torch.Tensor] = {}
     bar = tqdm(range(args.iters), desc="train", leave=False, disable=not ctx.dist.is_main)
     for it in bar:
         steps = [("intra", memories["rgb"], memories["ir"])]
@@ -87,18 +104,20 @@ def train_epoch(model, optimizer, loaders, memories, args, ctx, joint: bool, sca
             steps.append(("joint", memories["joint"], memories["joint"]))
         for name, m_rgb, m_ir in steps:
             pre = "" if name == "intra" else "joint_"
-            losses = memory_step(model, next(iters[pre + "rgb"]), next(iters[pre + "ir"]), m_rgb, m_ir, ctx.device,
-                                 amp=args.amp)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {float(loss)} at iteration {it}")
-            optimizer_step(loss, optimizer, scaler)
-            for k, v in losses.items():
-                sums[pre + k] = sums.get(pre + k, 0.0) + float(v.detach())
-        if (it + 1) % args.print_freq == 0:
-            bar.set_postfix({k: f"{v / (it + 1):.3f}" for k, v in sums.items()})
+            losses = train_step(model, optimizer, next(iters[pre + "rgb"]), next(iters[pre + "ir"]), m_rgb, m_ir,
+                                args, ctx, scaler, diverged)
+            add_losses(sums, losses, pre)
+        if (it + 1) % args.print_freq == 0 and ctx.dist.is_main:
+            bar.set_postfix({k: f"{v / (it + 1):.3f}" for k, v in fetch_sums(sums).items()})
     # Each rank's loss is the mean over its slice; their average is the global-batch loss.
-    return mean_over_ranks({k: v / args.iters for k, v in sums.items()}, ctx.dist)
+    return mean_over_ranks({k: v / args.iters for k, v in fetch_sums(sums).items()}, ctx.dist)
+
+
+def diverged_in(phase: str, epoch: int, args, ctx):
+    """The error of a non-finite loss in 0-based ``epoch`` of ``phase`` (a callable for train_epoch)."""
+    folders = ("joint", "intra") if phase == "joint" else ("intra",)
+    return diverged_at(f"stage 1, {phase} phase, epoch {epoch + 1}/{args.epochs}",
+                       [os.path.join(ctx.run_dir, f, "last.pth") for f in folders], args.amp)
 
 
 def cluster_step(model, data, args, ctx, joint: bool):
@@ -189,7 +208,8 @@ def run_phase(phase: str, model, data, args, ctx) -> None:
         lr = current_lr(optimizer)
         losses = {}
         if trainable(memories, loaders, report, args, ctx, joint, tag):
-            losses = train_epoch(model, optimizer, loaders, memories, args, ctx, joint, scaler)
+            losses = train_epoch(model, optimizer, loaders, memories, args, ctx, joint, scaler,
+                                 diverged_in(phase, epoch, args, ctx))
         with warnings.catch_warnings():  # a skipped epoch made no optimizer step; the schedule still advances
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
             scheduler.step()
@@ -227,6 +247,7 @@ def run_files_exist(ctx, *paths: str) -> Tuple[bool, ...]:
 def build_stage1_model(args, ctx):
     """The network (--arch, --pretrained), wrapped for the devices (DDP, DataParallel or as is)."""
     model = build_model(arch=args.arch, num_classes=0, pretrained=args.pretrained).to(ctx.device)
+    ctx.logger.info(f"backbone weights: {describe_weights(model)}")
     if args.channels_last:
         to_channels_last(model)
     return wrap_model(model, ctx.dist, ctx.device, sync_bn=args.sync_bn)

@@ -107,8 +107,10 @@ def train_loader(samples, labels: np.ndarray, transform, args, ctx, epoch: int, 
     sampler.set_epoch(epoch)
     ds = ImageDataset(samples, transform, labels=labels, h=args.img_h, w=args.img_w,
                       interpolation="bicubic", cache=ctx.cache(args, "bicubic"))
-    # Iterated once (the labels change every epoch), so persistent workers would gain nothing here;
-    # pinned batches let the copies to the GPU overlap with compute (non_blocking in memory_step).
+    # A new loader per epoch, not persistent workers: the labels change every epoch, and each new loader
+    # seeds its workers' augmentation from the main RNG; persistent workers would continue their streams
+    # and change the results (the price: the workers start once per epoch). Pinned batches let the copies
+    # to the GPU overlap with compute (non_blocking in memory_step).
     return DataLoader(ds, batch_sampler=sampler, num_workers=args.workers,
                       pin_memory=ctx.device.type == "cuda", persistent_workers=False)
 
@@ -125,8 +127,10 @@ def memory_step(model, rgb_batch, ir_batch, mem_rgb, mem_ir, device,
     update in backward) see them.
     """
     fmt = input_memory_format(model)
-    (va, vb), y_rgb = rgb_batch[0], rgb_batch[1].to(device)
-    t, y_ir = ir_batch[0].to(device, non_blocking=True, memory_format=fmt), ir_batch[1].to(device)
+    # The labels stay where the loader made them (the CPU): each memory reads its update schedule from
+    # them there and copies them to the device itself, without a host sync (memory/cluster_memory.py).
+    (va, vb), y_rgb = rgb_batch[0], rgb_batch[1]
+    t, y_ir = ir_batch[0].to(device, non_blocking=True, memory_format=fmt), ir_batch[1]
     # Copy the (pinned) views first and concatenate on the device: a CPU cat would copy unpinned.
     x_rgb = torch.cat([v.to(device, non_blocking=True, memory_format=fmt) for v in (va, vb)])
     with autocast(amp, device):

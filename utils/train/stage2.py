@@ -20,8 +20,8 @@ from data.datasets import load_train
 from data.sample import IR, RGB, DataError, pids_of
 from data.transforms import build_train_transforms
 from memory.gmm import clean_probabilities
-from model import build_model, to_channels_last
-from model.agw import param_groups_stage2
+from model import build_model, describe_weights, to_channels_last
+from model import param_groups_stage2
 from utils.artifacts import align_to_samples, find_artifact, load_artifact, relative_paths
 from utils.checkpoint import check_compatible, load_checkpoint, load_model_state
 from utils.device import configure_backends, grad_scaler, optimizer_step, unwrap
@@ -29,6 +29,7 @@ from utils.distributed import decorrelate_rng, run_on_main, wrap_model
 from utils.evaluation.protocols import evaluate, format_results
 from utils.run import Timer, prepare_run
 from utils.train.callbacks import OBSERVERS
+from utils.train.divergence import DivergenceError, add_losses, diverged_at, fetch_sums, loss_is_finite
 from utils.train.epoch_end import EpochEnd, finish_epoch, resume_from
 from utils.train.stage2_steps import (batch_losses, forward_batch, full_pass, gather_outputs, identity_pass,
                                       loader, paired_dataset, per_sample_losses, prototype_pass, set_lr)
@@ -131,6 +132,8 @@ def build_stage2_model(args, ctx, num_classes: int, ckpt: Dict):
     model = build_model(arch=args.arch, num_classes=num_classes, pretrained=pretrained)
     if args.init == "baseline":
         load_model_state(model, ckpt, args.resume_net1, skip_classifier=True)
+    ctx.logger.info(f"backbone weights: {describe_weights(model)}"
+                    + (" (through the stage-1 checkpoint)" if args.init == "baseline" else ""))
     return model.to(ctx.device)
 
 
@@ -153,10 +156,29 @@ def build_training(args, ctx, num_classes: int, stage1: Dict):
     return model, optimizer, protos, start, best
 
 
+def train_step(model, optimizer, batch, probs, protos, args, ctx, epoch: int, scaler=None,
+               diverged=None) -> Dict[str, torch.Tensor]:
+    """One optimizer step on a loader batch: forward, the loss of F.6 (warm-up, ``probs`` None: plain
+    CE), the step's one host sync (is the loss finite? else raise ``diverged()``), backward and step
+    (through ``scaler`` under ``--amp fp16``). Returns the named terms, detached, on the device."""
+    # The losses see the global batch (triplet negatives come from every rank's identities).
+    o = gather_outputs(forward_batch(model, batch, ctx.device, args.amp), ctx.dist)
+    if probs is None:
+        losses = {"id": torch.nn.functional.cross_entropy(o.logits, o.logit_labels())}
+    else:
+        losses = batch_losses(o, probs, protos, args, epoch)
+    loss = sum(losses.values())
+    if not loss_is_finite(loss, ctx.dist):
+        raise diverged() if diverged is not None else DivergenceError("the loss became NaN or inf")
+    # Gradient reaches only the local rows and DDP averages over ranks: scale back to the global gradient.
+    optimizer_step(loss * ctx.dist.world_size if ctx.dist.enabled else loss, optimizer, scaler)
+    return {k: v.detach() for k, v in losses.items()}
+
+
 def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch: int,
                 scaler=None) -> Dict[str, float]:
-    """One pass of the cross-modal identity sampler with the loss of F.6 (warm-up: plain CE); optimizer
-    steps go through ``scaler`` under ``--amp fp16``. Returns the mean of each loss over the pass.
+    """One pass of the cross-modal identity sampler, one :func:`train_step` per batch. Returns the mean of
+    each loss over the pass (read from the device once per progress print).
 
     ``probs`` (None in the warm-up): clean probabilities ``{"v1": (N_rgb,), "v2": (N_rgb,), "ir": (N_ir,)}``;
     ``protos``: last epoch's prototypes, each (C, D).
@@ -165,28 +187,18 @@ def train_epoch(model, optimizer, dataset, data, probs, protos, args, ctx, epoch
 
     warm = epoch < args.warm_epochs
     sampler = full_pass(data, args, ctx, epoch) if warm else identity_pass(data, args, ctx, epoch)
+    diverged = diverged_at(f"stage 2, epoch {epoch + 1}/{args.epochs}", [os.path.join(ctx.run_dir, "last.pth")],
+                           args.amp)
     model.train()
-    sums: Dict[str, float] = {}
+    sums: Dict[str, torch.Tensor] = {}
     bar = tqdm(loader(dataset, sampler, args, ctx.device), total=len(sampler),
                desc="warm-up" if warm else "train", leave=False, disable=not ctx.dist.is_main)
     for it, batch in enumerate(bar):
-        # The losses see the global batch (triplet negatives come from every rank's identities).
-        o = gather_outputs(forward_batch(model, batch, ctx.device, args.amp), ctx.dist)
-        if warm:
-            losses = {"id": torch.nn.functional.cross_entropy(o.logits, o.logit_labels())}
-        else:
-            losses = batch_losses(o, probs, protos, args, epoch)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise DataError(f"the loss became {float(loss)} at epoch {epoch} iteration {it}; stopped, the last "
-                            f"good checkpoint is {os.path.join(ctx.run_dir, 'last.pth')} — lower --lr and --resume")
-        # Gradient reaches only the local rows and DDP averages over ranks: scale back to the global gradient.
-        optimizer_step(loss * ctx.dist.world_size if ctx.dist.enabled else loss, optimizer, scaler)
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        if (it + 1) % args.print_freq == 0:  # running means, as stage 1 shows them
-            bar.set_postfix({k: f"{v / (it + 1):.3f}" for k, v in sums.items()})
-    return {f"loss_{k}": v / max(len(sampler), 1) for k, v in sums.items()}
+        add_losses(sums, train_step(model, optimizer, batch, None if warm else probs, protos, args, ctx, epoch,
+                                    scaler, diverged))
+        if (it + 1) % args.print_freq == 0 and ctx.dist.is_main:  # running means, as stage 1 shows them
+            bar.set_postfix({k: f"{v / (it + 1):.3f}" for k, v in fetch_sums(sums).items()})
+    return {f"loss_{k}": v / max(len(sampler), 1) for k, v in fetch_sums(sums).items()}
 
 
 def clean_step(model, dataset, data, args, ctx, epoch: int) -> Dict[str, torch.Tensor]:

@@ -136,8 +136,10 @@ def forward_batch(model, batch, device, amp: AmpMode = "off") -> Stage2Batch:
     if order is not None:
         pool, logits = pool[order.to(pool.device)], logits[order.to(pool.device)]
     n = len(v1)
-    return Stage2Batch(rgb1=pool[:n], rgb2=pool[n:2 * n], ir=pool[2 * n:], logits=logits, labels_rgb=y.to(device),
-                       labels_ir=z.to(device), index_rgb=i_rgb.to(device), index_ir=i_ir.to(device))
+    # non_blocking: a blocking copy to a GPU waits for the whole stream (a host sync per tensor).
+    y, z, i_rgb, i_ir = (v.to(device, non_blocking=True) for v in (y, z, i_rgb, i_ir))
+    return Stage2Batch(rgb1=pool[:n], rgb2=pool[n:2 * n], ir=pool[2 * n:], logits=logits, labels_rgb=y,
+                       labels_ir=z, index_rgb=i_rgb, index_ir=i_ir)
 
 
 def gather_outputs(o: Stage2Batch, dist) -> Stage2Batch:
@@ -173,6 +175,22 @@ def batch_losses(o: Stage2Batch, probs, protos, args, epoch: int) -> Dict[str, t
     return losses
 
 
+def scatter_last_(target: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``target[index[j]] = values[j]`` in place, where a repeated index keeps its LAST value (largest j).
+
+    ``target[index] = values`` leaves the winner among repeats undefined on CUDA (parallel writes);
+    here each row first picks the position of its last occurrence (``scatter_reduce`` "amax" over
+    positions, an exact integer maximum), then takes that value: deterministic on every device, and
+    without a host sync. target (N,), index (B,) int64 in 0..N-1, values (B,). Returns ``target``.
+    """
+    if index.numel() == 0:
+        return target
+    pos = torch.arange(len(index), device=index.device)
+    last = torch.full_like(target, -1, dtype=torch.long).scatter_reduce_(0, index, pos, reduce="amax")
+    target.copy_(torch.where(last >= 0, values[last.clamp(min=0)].to(target.dtype), target))
+    return target
+
+
 @torch.no_grad()
 def per_sample_losses(model, dataset, sampler, args, ctx, n_rgb: int, n_ir: int) -> Tuple[np.ndarray, ...]:
     """Clean-probability pass (F.5 step 1): per-sample CE of view1, view2 and ir, last visit wins.
@@ -194,7 +212,7 @@ def per_sample_losses(model, dataset, sampler, args, ctx, n_rgb: int, n_ir: int)
             if ctx.dist.enabled:  # every rank needs every rank's visits
                 idx = all_gather_rows(idx, ctx.dist, len(idx) * ctx.dist.world_size)
                 val = all_gather_rows(val, ctx.dist, len(val) * ctx.dist.world_size)
-            loss[key][idx] = val
+            scatter_last_(loss[key], idx, val)
     return tuple(loss[k].cpu().numpy() for k in ("v1", "v2", "ir"))
 
 

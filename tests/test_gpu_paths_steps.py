@@ -1,0 +1,257 @@
+"""Host syncs and divergence in the real training steps, and scripts/gpu_check.sh (issue 20), on the CPU.
+
+Syncs: the steps run with the model, the memories and the optimizer on PyTorch's "meta" device, which holds
+no data, with the loader's batches on the CPU as a GPU run has them. Any read of a device value by the host
+(``.item()``, ``bool()``, ``.tolist()``, ``.cpu()``, ``torch.nonzero``, ``torch.unique``, boolean-mask
+indexing, ``bincount`` ...) raises on meta tensors, exactly where it would make a GPU run wait; the one read
+a step makes on purpose (``loss_is_finite``) is counted instead, and every host-to-device copy must be
+non_blocking (a blocking copy waits for the GPU's whole stream).
+"""
+import os
+import shlex
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import memory.cluster_memory as cm
+from memory.cluster_memory import ClusterMemory
+from model import build_model
+from utils.cli import run_cli
+from utils.distributed import DistInfo
+from utils.train import stage1, stage2
+from utils.train.divergence import DivergenceError, add_losses, divergence_error, fetch_sums
+
+META = torch.device("meta")
+STAGE2_ARGS = dict(id_loss="soft", margin=0.2, intra_weight=0.5, inter_weight=0.05, intra_loss="l1",
+                   inter_start_epoch=0, amp="off")
+
+
+class BlockingCopies(TorchDispatchMode):
+    """Records every copy between devices that is not non_blocking."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocking = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("device") is not None:
+            if torch.device(kwargs["device"]).type != args[0].device.type and not kwargs.get("non_blocking"):
+                self.blocking.append(f"{args[0].device} -> {kwargs['device']}")
+        if func is torch.ops.aten.copy_.default and args[0].device.type != args[1].device.type:
+            if not (args[2] if len(args) > 2 else kwargs.get("non_blocking", False)):
+                self.blocking.append(f"{args[1].device} -> {args[0].device}")
+        return func(*args, **kwargs)
+
+
+@pytest.fixture
+def finite_checks(monkeypatch):
+    """Counts the steps' finiteness checks (the one host read a step makes); the loss must be a device scalar."""
+    calls = []
+
+    def check(loss, dist):
+        assert loss.device == META and loss.dim() == 0
+        calls.append(1)
+        return True
+    for module in (stage1, stage2):
+        monkeypatch.setattr(module, "loss_is_finite", check)
+    return calls
+
+
+def _ctx(device, run_dir="."):
+    return SimpleNamespace(device=device, dist=DistInfo(), run_dir=str(run_dir))
+
+
+def _stage1_batches(b=4):
+    gen = torch.Generator().manual_seed(0)
+    views = tuple(torch.randn(b, 3, 32, 16, generator=gen) for _ in range(2))
+    y = torch.tensor([0, 1, 0, 2])[:b]
+    return (views, y, y, torch.arange(b)), (torch.randn(b, 3, 32, 16, generator=gen), y, y, torch.arange(b))
+
+
+@pytest.mark.parametrize("use_hard, joint", [(False, False), (False, True), (True, False)])
+def test_stage1_step_reads_the_device_once(finite_checks, monkeypatch, use_hard, joint):
+    schedules = []
+    real = cm.sequential_update_
+    monkeypatch.setattr(cm, "sequential_update_", lambda *a: schedules.append(a[4] is not None) or real(*a))
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=0, pretrained="none").to(META).train()
+    mems = [ClusterMemory(model.dim, 5, use_hard=use_hard).to(META) for _ in range(2)]
+    m_rgb, m_ir = (mems[0], mems[0]) if joint else mems
+    optimizer = torch.optim.Adam(model.parameters(), lr=3.5e-4)
+    rgb, ir = _stage1_batches()
+    with BlockingCopies() as copies:
+        for _ in range(2):
+            losses = stage1.train_step(model, optimizer, rgb, ir, m_rgb, m_ir, SimpleNamespace(amp="off"), _ctx(META))
+    assert finite_checks == [1, 1] and copies.blocking == []
+    assert set(losses) == {"loss_rgb", "loss_ir"} and all(v.device == META for v in losses.values())
+    # The sequential update ran in backward with the schedule read from the CPU labels in forward.
+    assert schedules == ([] if use_hard else [True] * 4)
+
+
+def _stage2_batch():
+    gen = torch.Generator().manual_seed(1)
+    y, idx = torch.arange(3).repeat_interleave(4), torch.arange(12)
+    imgs = [torch.randn(12, 3, 32, 16, generator=gen) for _ in range(3)]
+    return ((imgs[0], imgs[1]), y, y, idx, imgs[2], y, y, idx)
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_stage2_step_reads_the_device_once(finite_checks, warm):
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=6, pretrained="none").to(META).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    probs = None if warm else {k: torch.empty(12, device=META) for k in ("v1", "v2", "ir")}
+    protos = {k: torch.empty(6, model.dim, device=META) for k in ("v1", "v2", "ir")}
+    args = SimpleNamespace(**STAGE2_ARGS)
+    with BlockingCopies() as copies:
+        for _ in range(2):
+            losses = stage2.train_step(model, optimizer, _stage2_batch(), probs, protos, args, _ctx(META), epoch=5)
+    assert finite_checks == [1, 1] and copies.blocking == []
+    assert set(losses) == ({"id"} if warm else {"id", "tri", "intra", "inter"})
+
+
+def test_clean_probability_losses_are_written_without_host_reads():
+    from utils.train.stage2_steps import scatter_last_
+
+    target = torch.empty(10, device=META)
+    scatter_last_(target, torch.tensor([1, 1, 3]).to(META), torch.empty(3, device=META))  # raises if it syncs
+
+
+def test_logged_sums_equal_python_float_sums_and_are_read_once():
+    gen = torch.Generator().manual_seed(0)
+    steps = [{"a": torch.rand((), generator=gen) * 3, "b": torch.rand((), generator=gen)} for _ in range(50)]
+    sums, want = {}, {}
+    for losses in steps:
+        add_losses(sums, losses, "joint_")
+        for k, v in losses.items():
+            want["joint_" + k] = want.get("joint_" + k, 0.0) + float(v)
+    assert fetch_sums(sums) == want and fetch_sums({}) == {}  # bit-identical to summing float(v)
+
+
+# ------------------------------------------------------------------------------------------ divergence
+class _Flat(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 3, bias=False)
+
+    def forward(self, x_rgb, x_ir):
+        return SimpleNamespace(feat=self.fc(torch.cat([x_rgb, x_ir]).flatten(1)))
+
+
+def test_stage1_divergence_stops_before_the_step_with_one_line(tmp_path, capsys):
+    model = _Flat()
+    before = model.fc.weight.detach().clone()
+    mem = ClusterMemory(3, 4)
+    mem.features.fill_(float("nan"))
+    rgb = ((torch.randn(2, 2, 2, 2), torch.randn(2, 2, 2, 2)), torch.tensor([0, 1]))
+    ir = (torch.randn(2, 2, 2, 2), torch.tensor([1, 0]))
+    args = SimpleNamespace(amp="off", epochs=40)
+    ctx = _ctx(torch.device("cpu"), tmp_path)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    with pytest.raises(DivergenceError) as err:
+        stage1.train_step(model, optimizer, rgb, ir, mem, mem, args, ctx, None, stage1.diverged_in("joint", 2, args, ctx))
+    assert torch.equal(model.fc.weight, before)  # no step was taken with the NaN gradient
+    assert str(err.value) == ("the loss became NaN or inf in stage 1, joint phase, epoch 3/40; no checkpoint exists "
+                              "yet: start again with lower --lr (e.g. halve it)")
+    (tmp_path / "intra").mkdir()
+    (tmp_path / "intra" / "last.pth").write_bytes(b"")
+    message = str(stage1.diverged_in("joint", 2, SimpleNamespace(amp="bf16", epochs=40), ctx)())
+    assert message == (f"the loss became NaN or inf in stage 1, joint phase, epoch 3/40; the last checkpoint is "
+                       f"{tmp_path / 'intra' / 'last.pth'}: continue from it with --resume and lower --lr (e.g. "
+                       "halve it) or use --amp off")
+    assert run_cli(lambda argv: (_ for _ in ()).throw(err.value)) == 2  # one line on stderr, exit code 2
+    assert capsys.readouterr().err == f"error: {err.value}\n"
+
+
+def test_stage2_divergence_names_the_epoch_and_its_checkpoint(tmp_path, monkeypatch):
+    (tmp_path / "last.pth").write_bytes(b"")
+    monkeypatch.setattr(stage2, "full_pass", lambda *a: [0])
+    monkeypatch.setattr(stage2, "loader", lambda *a: ["batch"])
+    monkeypatch.setattr(stage2, "train_step", lambda *a: (_ for _ in ()).throw(a[-1]()))  # as a NaN loss does
+    args = SimpleNamespace(warm_epochs=5, epochs=100, amp="off", print_freq=10)
+    with pytest.raises(DivergenceError) as err:
+        stage2.train_epoch(_Flat(), None, None, None, None, None, args, _ctx(torch.device("cpu"), tmp_path), epoch=0)
+    assert str(err.value) == (f"the loss became NaN or inf in stage 2, epoch 1/100; the last checkpoint is "
+                              f"{tmp_path / 'last.pth'}: continue from it with --resume and lower --lr (e.g. halve it)")
+    assert str(err.value).split(" in stage ")[0] == str(divergence_error("x", [])).split(" in x")[0]
+
+
+def test_stage2_step_raises_before_the_step_on_a_nan_loss():
+    model = build_model("resnet18", num_classes=6, pretrained="none").train()
+    before = [p.detach().clone() for p in model.parameters()]
+    probs = {k: torch.full((12,), float("nan")) for k in ("v1", "v2", "ir")}
+    protos = {k: torch.zeros(6, model.dim) for k in ("v1", "v2", "ir")}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(DivergenceError, match="the loss became NaN or inf"):
+        stage2.train_step(model, optimizer, _stage2_batch(), probs, protos, SimpleNamespace(**STAGE2_ARGS),
+                          _ctx(torch.device("cpu")), epoch=5)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# ------------------------------------------------------------------------------------- scripts/gpu_check.sh
+STUB = """#!/usr/bin/env bash
+if [ "$1" = "-" ]; then cat >/dev/null; echo "$FAKE_INFO"; exit 0; fi
+printf '%q ' "$@" >>"$CALLS"; echo >>"$CALLS"
+case " $* " in *" $FAIL_ON "*) exit 1 ;; esac
+exit 0
+"""
+
+
+def _gpu_check(tmp_path, repo_root, info, fail_on="--never"):
+    stub = tmp_path / "python"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = dict(os.environ, PYTHON=str(stub), FAKE_INFO=info, CALLS=str(calls), FAIL_ON=fail_on)
+    # A session of its own, without a terminal: `timeout` runs each check in a background process group.
+    out = subprocess.run(["bash", os.path.join(repo_root, "scripts", "gpu_check.sh"), str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+    table = out.stdout.split("== gpu_check")[1].splitlines()[2:]
+    return out.returncode, {line.split()[0]: line for line in table if line.strip()}, \
+        [shlex.split(line) for line in calls.read_text().splitlines()]
+
+
+def _entry_parsers(repo_root):
+    import importlib.util
+
+    from utils.args import baseline_parser, mmm_parser, parse
+    spec = importlib.util.spec_from_file_location("mmm_test_entry_gpu_check", os.path.join(repo_root, "test.py"))
+    test_entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(test_entry)
+    return {"baseline_sysu.py": lambda a: parse(baseline_parser("sysu"), a, dataset="sysu"),
+            "main.py": lambda a: parse(mmm_parser(), a), "test.py": lambda a: parse(test_entry.build_parser(), a)}
+
+
+def test_gpu_check_on_one_gpu_skips_the_multi_gpu_checks(tmp_path, repo_root):
+    rc, rows, calls = _gpu_check(tmp_path, repo_root, "1 8.0 1 0 Fake_GPU 2.14.1")
+    assert rc == 0 and rows["gpu"].split()[1:4] == ["1", "x", "Fake_GPU,"]
+    for name in ("s1_dp", "s1_ddp", "s2_ddp"):
+        assert "skipped (1 GPU)" in rows[name]
+    assert "skipped (faiss-gpu not installed)" in rows["s1_faiss"]
+    assert all(" ok " in rows[n] for n in ("gpu_tests", "s1_cudaN", "s2_cudaN", "test_cudaN", "s1_fp16", "s2_fp16",
+                                           "s1_bf16", "s2_bf16", "speed"))
+    parsers = _entry_parsers(repo_root)
+    entry = [(next(a for a in c if a in parsers), c) for c in calls if any(a in parsers for a in c)]
+    assert len(entry) == 7
+    for name, call in entry:  # every command line is one the entry points accept
+        argv = call[call.index(name) + 1:]
+        parsers[name](argv)
+        if name != "test.py":
+            assert argv[argv.index("--device") + 1] in ("cuda", "cuda:0")
+    assert {c[c.index("--amp") + 1] for _, c in entry if "--amp" in c} == {"fp16", "bf16"}
+
+
+def test_gpu_check_on_three_gpus_runs_data_parallel_torchrun_and_faiss(tmp_path, repo_root):
+    rc, rows, calls = _gpu_check(tmp_path, repo_root, "3 7.5 0 1 Old_GPU 2.14.1", fail_on="--sync-bn")
+    assert rc == 1  # a failed check fails the script
+    assert "skipped (no bfloat16 on compute capability 7.5)" in rows["s1_bf16"]
+    assert " ok " in rows["s1_dp"] and " ok " in rows["s1_faiss"] and "FAIL (exit 1)" in rows["s1_ddp"]
+    torchrun = [c for c in calls if "torch.distributed.run" in c]
+    assert len(torchrun) == 2 and all("--nproc_per_node" in c and "--sync-bn" in c for c in torchrun)
+    assert any(c[c.index("--device") + 1] == "cuda:2" for c in calls if "--device" in c)  # the last GPU
+    assert any("--knn" in c and c[c.index("--knn") + 1] == "faiss" for c in calls)
