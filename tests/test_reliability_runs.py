@@ -75,6 +75,18 @@ def test_knn_faiss_checked_at_start_with_the_import_error(monkeypatch, capsys):
     assert "--knn faiss" in line and "import of faiss halted" in line and "--knn torch" in line  # the real error
 
 
+def test_offline_weights_for_a_resnet_refused_when_parsed(capsys):
+    """The package ships a MobileNetV2 only: --pretrained imagenet-offline with a ResNet is a usage error."""
+    from utils.args import parse
+
+    for stage in ("baseline", "main"):
+        line = _refused(stage, ["--arch", "resnet18", "--pretrained", "imagenet-offline"], capsys)
+        assert "imagenet-offline" in line and "--arch resnet18" in line
+        args = parse(_parser(stage), NEEDS[stage] + ["--arch", "mobilenet_v2", "--pretrained", "imagenet-offline"],
+                     dataset="sysu" if stage == "baseline" else None)
+        assert (args.arch, args.pretrained) == ("mobilenet_v2", "imagenet-offline")
+
+
 # one run per folder -----------------------------------------------------------------------------------
 
 def _dead_pid() -> int:

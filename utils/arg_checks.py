@@ -37,7 +37,15 @@ def _faiss(args: argparse.Namespace) -> Optional[str]:
     return None
 
 
-CHECKS: List[Callable[[argparse.Namespace], Optional[str]]] = [_tvsearch_direction, _faiss]
+def _offline_weights(args: argparse.Namespace) -> Optional[str]:
+    """--pretrained imagenet-offline exists for mobilenet_v2 only (the package ships no ResNet)."""
+    if getattr(args, "pretrained", None) != "imagenet-offline" or getattr(args, "arch", None) in (None, "mobilenet_v2"):
+        return None
+    return (f"--pretrained imagenet-offline exists for --arch mobilenet_v2 only; for --arch {args.arch} give "
+            "--pretrained imagenet or the path of a torchvision ResNet file")
+
+
+CHECKS: List[Callable[[argparse.Namespace], Optional[str]]] = [_tvsearch_direction, _faiss, _offline_weights]
 
 
 def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
