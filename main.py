@@ -6,17 +6,12 @@ with the GMM-weighted identity loss, triplet, intra-modality prototype and inter
 """
 import sys
 
-from utils.cli import run_cli
+from utils.cli import run_cli, stage2_main
 
 
 def main(argv=None):
     """Parse the flags and run stage 2."""
-    from utils.args import mmm_parser, parse
-
-    args = parse(mmm_parser(), argv)
-    from utils.train.stage2 import run_mmm  # after parsing, so that --help stays fast
-
-    run_mmm(args)
+    stage2_main(argv)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 
 from utils.args import parse, test_parser
 from utils.cli import run_cli
+from utils.settings import test_settings
 
 
 def build_parser():
@@ -22,9 +23,10 @@ def build_parser():
 def main(argv=None):
     """Evaluate one checkpoint (or one per RegDB trial) and write the results as JSON."""
     args = parse(build_parser(), argv)
-    from utils.evaluation.checkpoints import run_test  # after parsing (torch, the model): a fast --help
+    settings = test_settings(args)
+    from utils.evaluation.run_test import run_test  # after parsing (torch, the model): a fast --help
 
-    run_test(args)
+    run_test(settings)
 
 
 if __name__ == "__main__":

@@ -207,11 +207,14 @@ def write_initial_network(args, path: str) -> str:
     """The network stage 1 starts from (same --arch, --pretrained, --seed), saved as a checkpoint test.py reads:
     the 'init' row measures what the starting weights give before any training. Returns its weights' line."""
     import torch
-    from model import build_model, describe_weights
+    from model import describe_weights
     from utils.checkpoint import make_checkpoint, save_checkpoint
+    from utils.settings import ModelSettings
+    from utils.train.network import build_network
 
     torch.manual_seed(args.seed)  # the BN neck's random scale, as stage 1 draws it
-    model = build_model(arch=args.arch, num_classes=0, pretrained=args.pretrained)
+    settings = ModelSettings(args.arch, args.pretrained, channels_last=False, sync_bn=False)
+    model = build_network(settings, torch.device("cpu"))  # stage 1's builder
     ckpt = make_checkpoint(model, stage="baseline", phase="init", dataset="sysu", trial=None, epoch=0,
                            args={"arch": args.arch, "img_h": args.img_h, "img_w": args.img_w,
                                  "pretrained": args.pretrained, "seed": args.seed})

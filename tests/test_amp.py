@@ -6,7 +6,6 @@ Tolerance: bfloat16 keeps 8 bits of mantissa (~3 significant digits); through a 
 move by about 1 %, so every loss must stay within 3 % (relative) of its float32 value. Measured here: at
 most 0.8 % for the stage-1 memory losses and 0.5 % for the stage-2 terms.
 """
-import argparse
 import copy
 
 import pytest
@@ -17,12 +16,13 @@ from memory.cluster_memory import ClusterMemory
 from model import build_model, input_memory_format, to_channels_last
 from utils.train.stage1_steps import memory_step
 from utils.device import amp_dtype, autocast, configure_backends, grad_scaler, optimizer_step
+from utils.settings import LossSettings
 from utils.train.stage2_steps import Stage2Batch, batch_losses, forward_batch
 
 CPU = torch.device("cpu")
 REL_TOL = 0.03
-STAGE2_OPTS = argparse.Namespace(id_loss="soft", margin=0.2, intra_weight=0.5, inter_weight=0.05, intra_loss="l1",
-                                 inter_start_epoch=0)
+STAGE2_OPTS = LossSettings(id_loss="soft", margin=0.2, intra_weight=0.5, inter_weight=0.05, intra_loss="l1",
+                           inter_start_epoch=0)
 
 
 def _stage1_inputs(seed, device=CPU):
@@ -40,8 +40,9 @@ def _stage1_step(model, mem, rgb, ir, amp, device=CPU):
     """One real stage-1 step on copies: (losses as floats, updated model, updated memories)."""
     model, m_rgb, m_ir = copy.deepcopy(model), copy.deepcopy(mem), copy.deepcopy(mem)
     opt = torch.optim.Adam(model.parameters(), lr=3.5e-4)
-    losses = memory_step(model, rgb, ir, m_rgb, m_ir, device, amp=amp)
-    optimizer_step(sum(losses.values()), opt, grad_scaler(amp, device))
+    dtype = amp_dtype(amp, device)  # --amp resolved once, as a run's context does
+    losses = memory_step(model, rgb, ir, m_rgb, m_ir, device, amp=dtype)
+    optimizer_step(sum(losses.values()), opt, grad_scaler(dtype, device))
     return {k: float(v.detach()) for k, v in losses.items()}, model, (m_rgb, m_ir)
 
 
@@ -78,7 +79,7 @@ def test_stage2_bf16_losses_match_fp32(seed):
     losses = {}
     for amp in ("off", "bf16"):
         m = copy.deepcopy(model)
-        o = forward_batch(m, batch, CPU, amp)
+        o = forward_batch(m, batch, CPU, amp_dtype(amp, CPU))
         assert isinstance(o, Stage2Batch)
         assert all(x.dtype == torch.float32 for x in (o.rgb1, o.rgb2, o.ir, o.logits))  # losses see float32
         out = batch_losses(o, probs, protos, STAGE2_OPTS, epoch=5)
@@ -96,31 +97,30 @@ def test_amp_values_and_fp16_refused_on_cpu():
     assert amp_dtype(True, CPU) is torch.bfloat16  # a bare --amp on the CPU
     with pytest.raises(DataError, match="--amp fp16"):
         amp_dtype("fp16", CPU)
-    with pytest.raises(DataError, match="--amp fp16"):
-        configure_backends(CPU, "fp16")
     with pytest.raises(DataError, match="--amp"):
         amp_dtype("fp8", CPU)
-    with autocast("bf16", CPU):
+    with autocast(torch.bfloat16, CPU):
         assert (torch.randn(2, 3) @ torch.randn(3, 2)).dtype == torch.bfloat16
-    with autocast("off", CPU):
+    with autocast(None, CPU):
         assert (torch.randn(2, 3) @ torch.randn(3, 2)).dtype == torch.float32
-    assert grad_scaler("bf16", CPU) is None and grad_scaler("off", CPU) is None
+    assert grad_scaler(torch.bfloat16, CPU) is None and grad_scaler(None, CPU) is None
 
 
 def test_configure_backends_leaves_a_cpu_run_alone(monkeypatch):
     before = torch.backends.cudnn.benchmark
-    configure_backends(CPU, "bf16")
+    configure_backends(CPU)
     assert torch.backends.cudnn.benchmark == before
 
 
-def test_extract_features_refuses_fp16_on_cpu(tmp_path):
-    from data.sample import Sample
-    from utils.evaluation.features import extract_features
+def test_fp16_on_cpu_is_refused_before_a_run_writes_anything(tiny_sysu, tmp_path, capsys):
+    """--amp is resolved once, when the run's context is made: fp16 on a CPU stops there in one line."""
+    from utils.cli import baseline_main, run_cli
 
-    model = build_model("resnet18", pretrained="none")
-    with pytest.raises(DataError, match="--amp fp16"):
-        extract_features(model, [Sample(str(tmp_path / "x.jpg"), 1, 1, "rgb")], device=CPU, amp="fp16",
-                         workers=0, progress=False)
+    argv = ["--data-dir", str(tiny_sysu), "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--amp", "fp16",
+            "--arch", "resnet18", "--pretrained", "none"]
+    assert run_cli(lambda a: baseline_main("sysu", a), argv) == 2
+    assert capsys.readouterr().err.startswith("error: --amp fp16 needs a GPU")
+    assert not (tmp_path / "out").exists()
 
 
 def test_gradient_scaler_step_is_exact_without_overflow():
@@ -205,7 +205,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_cuda_mixed_precision_steps(amp):
     dev = torch.device("cuda")
-    configure_backends(dev, amp)
+    configure_backends(dev)
     model, mem, rgb, ir = _stage1_inputs(0)
     ref, _, _ = _stage1_step(model.to(dev), mem.to(dev), rgb, ir, "off", dev)
     low, trained, _ = _stage1_step(to_channels_last(model.to(dev)), mem.to(dev), rgb, ir, amp, dev)
@@ -216,7 +216,8 @@ def test_cuda_mixed_precision_steps(amp):
     model2 = build_model("resnet18", num_classes=6, pretrained="none").to(dev).train()
     batch, probs, protos = _stage2_batch(0)
     probs, protos = ({k: v.to(dev) for k, v in d.items()} for d in (probs, protos))
-    out = {a: batch_losses(forward_batch(copy.deepcopy(model2), batch, dev, a), probs, protos, STAGE2_OPTS, 5)
+    out = {a: batch_losses(forward_batch(copy.deepcopy(model2), batch, dev, amp_dtype(a, dev)), probs, protos,
+                           STAGE2_OPTS, 5)
            for a in ("off", amp)}
     for key, value in out["off"].items():
         assert abs(float(out[amp][key]) - float(value)) <= REL_TOL * abs(float(value)), key

@@ -1,6 +1,6 @@
-"""The shared end of an epoch and resume (utils/train/epoch_end.py) and the observer registry
-(utils/train/callbacks.py), on a tiny stand-in network: best tracking, weights-only best.pth,
-metrics lines, log lines, resume start epoch."""
+"""The shared end of an epoch and resume (utils/train/epoch_end.py), when to evaluate
+(utils/train/loop.py) and the observers (utils/train/callbacks.py), on a tiny stand-in network: best
+tracking, weights-only best.pth, metrics lines, log lines, resume start epoch."""
 import json
 import os
 from types import SimpleNamespace
@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from utils.distributed import DistInfo
-from utils.train.callbacks import OBSERVERS, Observers
-from utils.train.epoch_end import EpochEnd, every_eval_step, finish_epoch, resume_from
+from utils.settings import DataSettings
+from utils.train.callbacks import Observers
+from utils.train.epoch_end import EpochEnd, TrainState, finish_epoch, resume_from
+from utils.train.loop import evaluation_due
 
 
 class _Net(nn.Module):
@@ -33,19 +35,17 @@ class _Log:
         self.lines.append(line)
 
 
-def _ctx(tmp_path):
-    return SimpleNamespace(run_dir=str(tmp_path), device=torch.device("cpu"), dist=DistInfo(), logger=_Log())
-
-
-def _args(epochs=4):
-    return SimpleNamespace(dataset="sysu", trial=None, epochs=epochs)
+def _ctx(tmp_path, observers=()):
+    data = DataSettings(dataset="sysu", data_dir="d", trial=None, cache_dir=None, workers=0, img_h=16, img_w=8)
+    return SimpleNamespace(run_dir=str(tmp_path), device=torch.device("cpu"), dist=DistInfo(), logger=_Log(),
+                           data=data, flags={"dataset": "sysu"}, observers=Observers(observers))
 
 
 def _end(tmp_path, scores, **kw):
     """An EpochEnd whose evaluation returns the next of ``scores`` as the first protocol's r1."""
     it = iter(scores)
-    opts = dict(stage="mmm", phase="train", folder=str(tmp_path), tag="mmm", select="r1",
-                due=lambda epoch: True, evaluate=lambda: {"all": {"mean": {"r1": next(it), "mAP": 0.0}}},
+    opts = dict(stage="mmm", phase="train", folder=str(tmp_path), tag="mmm", select="r1", epochs=4,
+                eval_step=1, evaluate=lambda: {"all": {"mean": {"r1": next(it), "mAP": 0.0}}},
                 shown=("loss_",), lr_format=".4f", observed=("stage2", None))
     opts.update(kw)
     return EpochEnd(**opts)
@@ -56,14 +56,14 @@ def _metrics(tmp_path):
         return [json.loads(line) for line in f]
 
 
-def _run_epochs(tmp_path, end, n, best=-1.0, model=None, optimizer=None, first=1):
+def _run_epochs(tmp_path, end, n, best=-1.0, model=None, optimizer=None, first=1, observers=()):
     model = model or _Net()
     optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    ctx, args = _ctx(tmp_path), _args()
+    ctx = _ctx(tmp_path, observers)
     for epoch in range(first, first + n):
         record = {"epoch": epoch, "lr": 0.01, "loss_id": 1.0 / epoch, "other": 7}
-        best = finish_epoch(end, model, record, best, lambda: 2.0, args, ctx, optimizer,
-                            extra={"prototypes": {"v1": torch.ones(2, 2) * epoch}})
+        state = TrainState(model, optimizer, protos={"v1": torch.ones(2, 2) * epoch})
+        best = finish_epoch(end, state, record, best, lambda: 2.0, ctx)
     return best, ctx, model, optimizer
 
 
@@ -86,7 +86,7 @@ def test_best_is_tracked_and_best_pth_is_weights_only(tmp_path):
 
 def test_not_due_means_no_evaluation_and_no_best(tmp_path):
     calls = []
-    end = _end(tmp_path, [], due=lambda epoch: epoch == 2, evaluate=lambda: calls.append(1) or
+    end = _end(tmp_path, [], eval_step=2, evaluate=lambda: calls.append(1) or
                {"all": {"mean": {"r1": 5.0}}})
     best, _, _, _ = _run_epochs(tmp_path, end, 2)
     assert calls == [1] and best == 5.0
@@ -105,10 +105,13 @@ def test_selection_key_and_stage1_log_format(tmp_path):
     assert ctx.logger.lines[-1] == "[intra 2/4] lr 1.00e-02 loss_id 0.500  2s  (best)"
 
 
-def test_every_eval_step():
-    due = every_eval_step(3, 7)
-    assert [e for e in range(1, 8) if due(e)] == [3, 6, 7]
-    assert not any(every_eval_step(0, 7)(e) for e in range(1, 8))
+def test_evaluation_due():
+    assert [e for e in range(1, 8) if evaluation_due(e, 3, 7)] == [3, 6, 7]
+    assert not any(evaluation_due(e, 0, 7) for e in range(1, 8))
+    # stage 2, as released: never after the first epoch unless it is the last one
+    assert [e for e in range(1, 6) if evaluation_due(e, 1, 5, first=False)] == [2, 3, 4, 5]
+    assert [e for e in range(1, 8) if evaluation_due(e, 3, 7, first=False)] == [3, 6, 7]
+    assert evaluation_due(1, 1, 1, first=False) and not evaluation_due(1, 0, 1, first=False)
 
 
 def test_resume_restores_state_and_starts_after_the_last_complete_epoch(tmp_path):
@@ -119,7 +122,7 @@ def test_resume_restores_state_and_starts_after_the_last_complete_epoch(tmp_path
     opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
     ctx = _ctx(tmp_path)
     ckpt = torch.load(tmp_path / "last.pth", weights_only=False)
-    start, best = resume_from(ckpt, str(tmp_path / "last.pth"), fresh, opt, ctx)
+    start, best = resume_from(ckpt, str(tmp_path / "last.pth"), TrainState(fresh, opt), ctx)
     assert (start, best) == (2, 10.0)
     for a, b in zip(fresh.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
@@ -135,31 +138,26 @@ def test_resume_restores_the_scheduler_and_names_the_phase(tmp_path):
     end = _end(tmp_path, [1.0], stage="baseline", phase="intra")
     opt.step()
     sched.step()
-    finish_epoch(end, model, {"epoch": 1, "lr": 1.0}, -1.0, lambda: 0.0, _args(), _ctx(tmp_path), opt, sched)
+    finish_epoch(end, TrainState(model, opt, sched), {"epoch": 1, "lr": 1.0}, -1.0, lambda: 0.0, _ctx(tmp_path))
     opt2 = torch.optim.Adam(_Net().parameters(), lr=1.0)
     sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.1)
     ctx = _ctx(tmp_path)
     ckpt = torch.load(tmp_path / "last.pth", weights_only=False)
-    resume_from(ckpt, "X", _Net(), opt2, ctx, scheduler=sched2, what="intra phase ")
+    resume_from(ckpt, "X", TrainState(_Net(), opt2, sched2), ctx, what="intra phase ")
     assert sched2.last_epoch == 1 and opt2.param_groups[0]["lr"] == pytest.approx(0.1)
     assert ctx.logger.lines == ["resumed intra phase from X: epoch 1 was complete, continuing with epoch 2"]
 
 
 def test_observers_hear_epoch_end_and_checkpoints_and_are_empty_by_default(tmp_path):
-    assert not OBSERVERS  # nothing is watching unless a caller adds an observer
+    assert not Observers()  # nothing is watching unless a caller passes an observer
     heard = []
 
     def observer(event, **info):
         heard.append((event, info.get("epoch"), info.get("path"), info["values"]() if "values" in info else None))
 
-    OBSERVERS.add(observer)
-    try:
-        _run_epochs(tmp_path, _end(tmp_path, [1.0]), 1)
-    finally:
-        OBSERVERS.remove(observer)
-    assert not OBSERVERS
+    _run_epochs(tmp_path, _end(tmp_path, [1.0]), 1, observers=[observer])
     assert [h[0] for h in heard] == ["epoch_end", "checkpoint", "checkpoint"]
-    assert heard[0][1] == 1 and set(heard[0][3]) == {"params", "buffers"}
+    assert heard[0][1] == 1 and set(heard[0][3]) == {"params", "buffers", "v1"}  # the digest and the prototypes
     assert [os.path.basename(h[2]) for h in heard[1:]] == ["last.pth", "best.pth"]
 
 

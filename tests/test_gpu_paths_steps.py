@@ -4,7 +4,7 @@ Syncs: the steps run with the model, the memories and the optimizer on PyTorch's
 no data, with the loader's batches on the CPU as a GPU run has them. Any read of a device value by the host
 (``.item()``, ``bool()``, ``.tolist()``, ``.cpu()``, ``torch.nonzero``, ``torch.unique``, boolean-mask
 indexing, ``bincount`` ...) raises on meta tensors, exactly where it would make a GPU run wait; the one read
-a step makes on purpose (``loss_is_finite``) is counted instead, and every host-to-device copy must be
+a step makes on purpose (``all_ranks_true``, in utils/train/loop.py ``checked_step``) is counted instead, and every host-to-device copy must be
 non_blocking (a blocking copy waits for the GPU's whole stream).
 """
 import os
@@ -17,16 +17,17 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import memory.cluster_memory as cm
+import typed_settings
 from memory.cluster_memory import ClusterMemory
 from model import build_model
 from utils.cli import run_cli
-from utils.distributed import DistInfo
-from utils.train import stage1, stage2
-from utils.train.divergence import DivergenceError, add_losses, divergence_error, fetch_sums
+from utils.train import loop, stage1, stage2
+from utils.train.divergence import DivergenceError, divergence_error
+from utils.train.epoch_end import TrainState
+from utils.train.loop import add_losses, fetch_sums
 
 META = torch.device("meta")
-STAGE2_ARGS = dict(id_loss="soft", margin=0.2, intra_weight=0.5, inter_weight=0.05, intra_loss="l1",
-                   inter_start_epoch=0, amp="off")
+STAGE2 = typed_settings.stage2("--inter-start-epoch", "0")  # the loss terms' released defaults
 
 
 class BlockingCopies(TorchDispatchMode):
@@ -52,17 +53,23 @@ def finite_checks(monkeypatch):
     """Counts the steps' finiteness checks (the one host read a step makes); the loss must be a device scalar."""
     calls = []
 
-    def check(loss, dist):
-        assert loss.device == META and loss.dim() == 0
+    def check(flag, dist):
+        assert flag.device == META and flag.dim() == 0
         calls.append(1)
         return True
-    for module in (stage1, stage2):
-        monkeypatch.setattr(module, "loss_is_finite", check)
+    monkeypatch.setattr(loop, "all_ranks_true", check)
     return calls
 
 
-def _ctx(device, run_dir="."):
-    return SimpleNamespace(device=device, dist=DistInfo(), run_dir=str(run_dir))
+def _ctx(device, run_dir=".", amp=None):
+    return typed_settings.context(device=str(device), amp=amp, run_dir=str(run_dir))
+
+
+def _stage1_step(model, optimizer, batches, memories, ctx, diverged=None):
+    """The step stage 1 makes per iteration (utils/train/stage1.epoch_steps), over the given batches."""
+    loaders = {"rgb": [b[0] for b in batches], "ir": [b[1] for b in batches]}
+    return stage1.epoch_steps(TrainState(model, optimizer), loaders, memories, ctx, None,
+                              diverged or (lambda: DivergenceError("diverged")))
 
 
 def _stage1_batches(b=4):
@@ -82,10 +89,10 @@ def test_stage1_step_reads_the_device_once(finite_checks, monkeypatch, use_hard,
     mems = [ClusterMemory(model.dim, 5, use_hard=use_hard).to(META) for _ in range(2)]
     m_rgb, m_ir = (mems[0], mems[0]) if joint else mems
     optimizer = torch.optim.Adam(model.parameters(), lr=3.5e-4)
-    rgb, ir = _stage1_batches()
+    step = _stage1_step(model, optimizer, [_stage1_batches()] * 2, {"rgb": m_rgb, "ir": m_ir}, _ctx(META))
     with BlockingCopies() as copies:
-        for _ in range(2):
-            losses = stage1.train_step(model, optimizer, rgb, ir, m_rgb, m_ir, SimpleNamespace(amp="off"), _ctx(META))
+        for it in range(2):
+            losses = step(it)
     assert finite_checks == [1, 1] and copies.blocking == []
     assert set(losses) == {"loss_rgb", "loss_ir"} and all(v.device == META for v in losses.values())
     # The sequential update ran in backward with the schedule read from the CPU labels in forward.
@@ -106,10 +113,10 @@ def test_stage2_step_reads_the_device_once(finite_checks, warm):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     probs = None if warm else {k: torch.empty(12, device=META) for k in ("v1", "v2", "ir")}
     protos = {k: torch.empty(6, model.dim, device=META) for k in ("v1", "v2", "ir")}
-    args = SimpleNamespace(**STAGE2_ARGS)
+    step = stage2.batch_step(TrainState(model, optimizer, protos=protos), probs, STAGE2, _ctx(META), epoch=5)
     with BlockingCopies() as copies:
         for _ in range(2):
-            losses = stage2.train_step(model, optimizer, _stage2_batch(), probs, protos, args, _ctx(META), epoch=5)
+            losses = step(_stage2_batch())
     assert finite_checks == [1, 1] and copies.blocking == []
     assert set(losses) == ({"id"} if warm else {"id", "tri", "intra", "inter"})
 
@@ -126,7 +133,7 @@ def test_logged_sums_equal_python_float_sums_and_are_read_once():
     steps = [{"a": torch.rand((), generator=gen) * 3, "b": torch.rand((), generator=gen)} for _ in range(50)]
     sums, want = {}, {}
     for losses in steps:
-        add_losses(sums, losses, "joint_")
+        add_losses(sums, {"joint_" + k: v for k, v in losses.items()})
         for k, v in losses.items():
             want["joint_" + k] = want.get("joint_" + k, 0.0) + float(v)
     assert fetch_sums(sums) == want and fetch_sums({}) == {}  # bit-identical to summing float(v)
@@ -149,17 +156,18 @@ def test_stage1_divergence_stops_before_the_step_with_one_line(tmp_path, capsys)
     mem.features.fill_(float("nan"))
     rgb = ((torch.randn(2, 2, 2, 2), torch.randn(2, 2, 2, 2)), torch.tensor([0, 1]))
     ir = (torch.randn(2, 2, 2, 2), torch.tensor([1, 0]))
-    args = SimpleNamespace(amp="off", epochs=40)
     ctx = _ctx(torch.device("cpu"), tmp_path)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    step = _stage1_step(model, optimizer, [(rgb, ir)], {"rgb": mem, "ir": mem}, ctx,
+                        stage1.diverged_in("joint", 2, 40, ctx))
     with pytest.raises(DivergenceError) as err:
-        stage1.train_step(model, optimizer, rgb, ir, mem, mem, args, ctx, None, stage1.diverged_in("joint", 2, args, ctx))
+        step(0)
     assert torch.equal(model.fc.weight, before)  # no step was taken with the NaN gradient
     assert str(err.value) == ("the loss became NaN or inf in stage 1, joint phase, epoch 3/40; no checkpoint exists "
                               "yet: start again with lower --lr (e.g. halve it)")
     (tmp_path / "intra").mkdir()
     (tmp_path / "intra" / "last.pth").write_bytes(b"")
-    message = str(stage1.diverged_in("joint", 2, SimpleNamespace(amp="bf16", epochs=40), ctx)())
+    message = str(stage1.diverged_in("joint", 2, 40, _ctx(torch.device("cpu"), tmp_path, amp=torch.bfloat16))())
     assert message == (f"the loss became NaN or inf in stage 1, joint phase, epoch 3/40; the last checkpoint is "
                        f"{tmp_path / 'intra' / 'last.pth'}: continue from it with --resume and lower --lr (e.g. "
                        "halve it) or use --amp off")
@@ -171,10 +179,15 @@ def test_stage2_divergence_names_the_epoch_and_its_checkpoint(tmp_path, monkeypa
     (tmp_path / "last.pth").write_bytes(b"")
     monkeypatch.setattr(stage2, "full_pass", lambda *a: [0])
     monkeypatch.setattr(stage2, "loader", lambda *a: ["batch"])
-    monkeypatch.setattr(stage2, "train_step", lambda *a: (_ for _ in ()).throw(a[-1]()))  # as a NaN loss does
-    args = SimpleNamespace(warm_epochs=5, epochs=100, amp="off", print_freq=10)
-    with pytest.raises(DivergenceError) as err:
-        stage2.train_epoch(_Flat(), None, None, None, None, None, args, _ctx(torch.device("cpu"), tmp_path), epoch=0)
+    monkeypatch.setattr(stage2, "forward_batch", lambda *a: None)
+    monkeypatch.setattr(stage2, "gather_outputs", lambda o, dist: SimpleNamespace(
+        logits=torch.zeros(1, 2), logit_labels=lambda: torch.zeros(1, dtype=torch.long)))
+    # as a NaN loss does: the step raises the error the stage made for it
+    monkeypatch.setattr(stage2, "checked_step", lambda losses, opt, ctx, diverged, *a: (_ for _ in ()).throw(diverged()))
+    settings = typed_settings.stage2("--warm-epochs", "5", "--epochs", "100", "--print-freq", "10")
+    with pytest.raises(DivergenceError) as err:  # the error the step raises for a NaN loss
+        stage2.train_pass(TrainState(_Flat(), None), None, None, None, settings, _ctx(torch.device("cpu"), tmp_path),
+                          epoch=0)
     assert str(err.value) == (f"the loss became NaN or inf in stage 2, epoch 1/100; the last checkpoint is "
                               f"{tmp_path / 'last.pth'}: continue from it with --resume and lower --lr (e.g. halve it)")
     assert str(err.value).split(" in stage ")[0] == str(divergence_error("x", [])).split(" in x")[0]
@@ -186,9 +199,10 @@ def test_stage2_step_raises_before_the_step_on_a_nan_loss():
     probs = {k: torch.full((12,), float("nan")) for k in ("v1", "v2", "ir")}
     protos = {k: torch.zeros(6, model.dim) for k in ("v1", "v2", "ir")}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    step = stage2.batch_step(TrainState(model, optimizer, protos=protos), probs, STAGE2, _ctx(torch.device("cpu")),
+                             epoch=5)
     with pytest.raises(DivergenceError, match="the loss became NaN or inf"):
-        stage2.train_step(model, optimizer, _stage2_batch(), probs, protos, SimpleNamespace(**STAGE2_ARGS),
-                          _ctx(torch.device("cpu")), epoch=5)
+        step(_stage2_batch())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 

@@ -9,7 +9,7 @@ from data.sample import IR, RGB, DataError, Sample
 from model import build_model
 from utils.args import baseline_parser, mmm_parser, parse
 from utils.artifacts import align_to_samples, find_artifact, load_artifact, save_artifact
-from utils.checkpoint import (atomic_torch_save, check_compatible, load_checkpoint, load_model_state,
+from utils.checkpoint import (add_training_state, atomic_torch_save, check_compatible, load_checkpoint, load_model_state,
                               make_checkpoint)
 from utils.train.stage2_steps import stage2_lr
 
@@ -22,11 +22,13 @@ def tiny():
 def test_checkpoint_round_trip(tmp_path, tiny):
     path = str(tmp_path / "run" / "last.pth")
     ckpt = make_checkpoint(tiny, stage="mmm", phase="train", dataset="sysu", trial=None, epoch=3,
-                           args={"lr": 0.1}, metrics={"r1": 1.0}, best_metric=1.0)
+                           args={"lr": 0.1}, metrics={"r1": 1.0})
+    add_training_state(ckpt, torch.optim.SGD(tiny.parameters(), lr=0.1), best_metric=1.0)
     atomic_torch_save(ckpt, path)
     assert os.listdir(tmp_path / "run") == ["last.pth"]  # no temporary left behind
     back = load_checkpoint(path)
     assert back["epoch"] == 3 and back["num_classes"] == 5 and back["arch"] == "resnet18"
+    assert back["best_metric"] == 1.0 and back["optimizer"]["param_groups"][0]["lr"] == 0.1
     other = build_model(arch="resnet18", num_classes=5, pretrained="none")
     load_model_state(other, back, path)
     for (k, a), b in zip(tiny.state_dict().items(), other.state_dict().values()):
@@ -89,32 +91,48 @@ def test_artifact_round_trip_and_alignment_by_path(tmp_path):
         find_artifact(str(tmp_path / "nowhere" / "final.pth"))
 
 
-def test_parsers_aliases_and_dataset_defaults():
+def test_parsers_aliases_and_dataset_defaults(capsys):
     a = parse(baseline_parser("sysu"), ["--data-dir", "d"], dataset="sysu")
     assert (a.eps, a.k1_joint, a.k2_joint, a.iters, a.seed, a.img_h) == (0.6, 40, 32, 200, 1, 288)
     b = parse(baseline_parser("regdb"), ["--data_dir", "d", "--trial", "3", "--eps", "0.4", "--height", "64"],
               dataset="regdb")
     assert (b.eps, b.k1_joint, b.k2_joint, b.iters, b.trial, b.img_h) == (0.4, 38, 18, 100, 3, 64)
-    with pytest.raises(DataError, match="--trial"):
-        parse(baseline_parser("regdb"), ["--data-dir", "d"], dataset="regdb")
-    with pytest.raises(DataError, match="--trial"):
-        parse(baseline_parser("regdb"), ["--data-dir", "d", "--trial", "11"], dataset="regdb")
+    for argv in (["--data-dir", "d"], ["--data-dir", "d", "--trial", "11"], ["--data-dir", "d", "--trial", "x"]):
+        with pytest.raises(SystemExit) as err:  # a usage error at parse time (exit status 2)
+            parse(baseline_parser("regdb"), argv, dataset="regdb")
+        assert err.value.code == 2 and "error: --trial " in capsys.readouterr().err
     m = parse(mmm_parser(), ["--dataset", "sysu", "--data-dir", "d", "--resume_net1", "c.pth",
                              "--sm_w", "0.3", "--warm-epochs", "2"])
     assert (m.intra_weight, m.inter_weight, m.inter_start_epoch, m.seed, m.resume_net1) == (0.3, 0.05, 2, 0, "c.pth")
 
 
-def test_baseline_batch_size_checks(monkeypatch):
-    from utils.train.stage1 import check_baseline_args
+def _usage_error(parser, argv, capsys, dataset=None) -> str:
+    """The last stderr line of a command line that parse() refuses (exit status 2)."""
+    with pytest.raises(SystemExit) as err:
+        parse(parser, argv, dataset=dataset)
+    assert err.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_baseline_batch_size_checks(monkeypatch, capsys):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    ok = parse(baseline_parser("sysu"), ["--data-dir", "d", "-b", "24", "--num-instances", "4"], dataset="sysu")
-    check_baseline_args(ok)
-    bad = parse(baseline_parser("sysu"), ["--data-dir", "d", "-b", "30", "--num-instances", "4"], dataset="sysu")
-    with pytest.raises(DataError, match=r"--batch-size 30 must be a multiple of --num-instances 4$"):
-        check_baseline_args(bad)
+    ok = ["--data-dir", "d", "-b", "24", "--num-instances", "4"]
+    parse(baseline_parser("sysu"), ok, dataset="sysu")
+    bad = ["--data-dir", "d", "-b", "30", "--num-instances", "4"]
+    assert _usage_error(baseline_parser("sysu"), bad, capsys, "sysu").endswith(
+        "error: --batch-size 30 must be a multiple of --num-instances 4")
     monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun: 24 = 6 identities, not divisible among 4 processes
-    with pytest.raises(DataError, match=r"multiple of --num-instances x processes \(4 x 4\)"):
-        check_baseline_args(ok)
+    assert "multiple of --num-instances x processes (4 x 4)" in _usage_error(baseline_parser("sysu"), ok, capsys, "sysu")
+
+
+def test_stage2_batch_ids_must_split_over_the_processes(monkeypatch, capsys):
+    argv = ["--dataset", "sysu", "--data-dir", "d", "--resume_net1", "c.pth", "--batch-ids", "6"]
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert _usage_error(mmm_parser(), argv, capsys).endswith(
+        "error: --batch-ids 6 must be a multiple of the number of processes (4): the batch is split across them "
+        "by whole identities")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    parse(mmm_parser(), argv)
 
 
 def test_stage2_learning_rate_schedule():

@@ -512,19 +512,24 @@ def test_testpy_rerank_reported_separately(synth, tiny_ckpts, tmp_path, capsys):
     assert any(x.startswith("visible2infrared MEAN:") for x in lines)
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--mode", "indoor"], "--mode indoor is not a LLCM search mode"),
-    (["--rerank-k2", "3"], "--rerank-k2 needs --rerank"),
-    (["--rerank", "--rerank-lambda", "2"], "--rerank-lambda must be between 0 and 1"),
-    (["--shot", "10"], "--shot"),
-    (["--trial", "all"], "--trial all"),
+@pytest.mark.parametrize("extra, fragment, at_parse", [
+    (["--mode", "indoor"], "--mode indoor is not a LLCM search mode", False),
+    (["--rerank-k2", "3"], "--rerank-k2 needs --rerank", True),
+    (["--rerank", "--rerank-lambda", "2"], "--rerank-lambda must be between 0 and 1", True),
+    (["--shot", "10"], "--shot", False),
+    (["--trial", "all"], "--trial all", True),
 ])
-def test_testpy_refusals(synth, tiny_ckpts, extra, fragment):
+def test_testpy_refusals(synth, tiny_ckpts, extra, fragment, at_parse):
+    """Exit 2 without a traceback: flag combinations at parse time (argparse's usage, then its one error
+    line), what only the data can tell as one ``error:`` line."""
     proc = subprocess.run([sys.executable, "test.py", "--dataset", "llcm", "--data-dir", synth[0], "--resume-net1",
                            tiny_ckpts["new"], "--device", "cpu", *extra], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    if at_parse:
+        assert lines[0].startswith("usage: test.py") and sum("error" in x for x in lines) == 1, proc.stderr
+        lines = [lines[-1][len("test.py: "):]] if lines[-1].startswith("test.py: error: ") else lines
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from data.datasets import load_protocols
 from data.sample import IR, RGB, Sample, TestSplit, cams_of, pids_of
+from utils.evaluation.features import Extraction
 from utils.evaluation.metrics import eval_llcm, eval_regdb, eval_sysu
 from utils.evaluation.protocols import (distance_matrix, format_results, protocol_features, score_protocols,
                                         split_metrics, summarize)
@@ -149,8 +150,8 @@ def test_protocol_features_embed_every_distinct_image_once(tiny_sysu):
     distinct = {s.path: s.modality for s in every}
     assert len(every) > len(distinct)                 # the property is not trivial on this data
     model = CountingModel()
-    feats = protocol_features(model, protocols, device=torch.device("cpu"), img_h=16, img_w=8, batch_size=7,
-                              workers=0, progress=False)
+    how = Extraction(device=torch.device("cpu"), img_h=16, img_w=8, batch_size=7, workers=0, progress=False)
+    feats = protocol_features(model, protocols, how)
     assert set(feats) == set(distinct)
     assert model.seen == {m: sum(v == m for v in distinct.values()) for m in (RGB, IR)}
     assert all(f.shape == (3,) and f.dtype == torch.float32 for f in feats.values())

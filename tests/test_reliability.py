@@ -105,38 +105,51 @@ def test_valid_edge_values_still_parse():
 
 # 3. main.py flags reach stage 2 -------------------------------------------------------------
 
-STAGE2_SOURCES = ("main.py", "utils/train/stage2.py", "utils/train/stage2_steps.py", "utils/run.py", "utils/args.py",
-                  "utils/distributed.py")
+STAGE2_SOURCES = ("main.py", "utils/cli.py", "utils/train/stage2.py", "utils/train/stage2_steps.py",
+                  "utils/train/loop.py", "utils/train/epoch_end.py", "utils/train/network.py", "utils/run.py",
+                  "utils/args.py", "utils/arg_checks.py", "utils/distributed.py", "utils/evaluation/protocols.py")
 
 
 def test_every_main_flag_is_used_or_refused():
-    """Walk main.py's parser: each flag's value is read by the stage-2 code, or the flag is refused."""
+    """Walk main.py's parser: each flag's value goes into the typed settings (or is checked, or refused),
+    and each field of the stage-2 settings is read by the code that runs stage 2."""
     import argparse
+    import dataclasses
 
+    import typed_settings
     from utils.args import _Refused
 
-    src = "".join(open(os.path.join(ROOT, f)).read() for f in STAGE2_SOURCES)
+    src = "".join(open(os.path.join(ROOT, f)).read() for f in STAGE2_SOURCES + ("utils/settings.py",))
     unused = [a.dest for a in _parser("main")._actions
               if not isinstance(a, (argparse._HelpAction, _Refused))
               and not re.search(r"args\.%s\b|getattr\(args, \"%s\"" % (a.dest, a.dest), src)]
     assert unused == []
+    code = "".join(open(os.path.join(ROOT, f)).read() for f in STAGE2_SOURCES)
+    settings = typed_settings.stage2()
+    fields = [(part.name, f.name) for part in dataclasses.fields(settings)
+              if dataclasses.is_dataclass(getattr(settings, part.name))
+              for f in dataclasses.fields(getattr(settings, part.name))]
+    fields += [("", f.name) for f in dataclasses.fields(settings) if not dataclasses.is_dataclass(getattr(settings, f.name))]
+    assert [f for f in fields if not re.search(r"\.%s\b" % f[1], code)] == []
 
 
 def test_eval_flags_reach_per_epoch_evaluation():
     import inspect
 
-    from utils.train import stage2 as mmm
     from utils.args import parse
-    from utils.evaluation.protocols import evaluate
+    from utils.settings import stage2_settings
+    from utils.train import stage2 as mmm
+    from utils.train import epoch_end
 
     args = parse(_parser("main"), NEEDS["main"] + ["--flip", "--amp", "--shot", "10", "--eval-trials", "3",
                                                    "--mode", "indoor", "--img-h", "32", "--img-w", "16"])
-    kw = mmm.eval_options(args)
-    assert (kw["flip"], kw["amp"], kw["shot"], kw["gallery_trials"], kw["modes"]) == (True, True, 10, 3, ("indoor",))
-    assert (kw["img_h"], kw["img_w"]) == (32, 16)
-    assert set(kw) <= set(inspect.signature(evaluate).parameters)
-    assert "eval_options(args)" in inspect.getsource(mmm.end_of_epoch)
-    assert "args.print_freq" in inspect.getsource(mmm.train_epoch)
+    settings = stage2_settings(args)
+    ev = settings.eval
+    assert (ev.flip, ev.shot, ev.gallery_trials, ev.modes, settings.run.amp) == (True, 10, 3, ("indoor",), True)
+    assert (ev.img_h, ev.img_w, ev.directions) == (32, 16, ("visible2thermal",))
+    assert "evaluate_run(state.model, settings.eval, ctx)" in inspect.getsource(mmm.run_stage2)
+    assert "amp=ctx.amp" in inspect.getsource(epoch_end.evaluate_run)  # --amp resolved once, for the run
+    assert "settings.schedule.print_freq" in inspect.getsource(mmm.train_pass)
 
 
 def test_gallery_trials_refused_in_main(capsys):
@@ -187,10 +200,11 @@ def test_testpy_warns_on_other_size(synth, tiny_ckpt, tmp_path, capsys):
 def _prepare(synth, out, extra=()):
     from utils.args import parse
     from utils.run import prepare_run
+    from utils.settings import stage2_settings
 
     args = parse(_parser("main"), ["--dataset", "sysu", "--data-dir", str(synth), "--resume-net1", "x.pth",
                                    "--output-dir", str(out), "--device", "cpu", *extra])
-    return prepare_run(args, "mmm", last_checkpoint="last.pth")
+    return prepare_run(stage2_settings(args), last_checkpoint="last.pth")
 
 
 def test_orphan_temp_files_removed_at_start(synth, tmp_path):
@@ -262,9 +276,9 @@ def test_version1_checkpoint_epoch_read_as_completed_epochs(tmp_path):
     (1, 1, 5, False), (2, 1, 5, True), (5, 1, 5, True), (1, 1, 1, True),  # first epoch only when it is the last
     (2, 2, 5, True), (3, 2, 5, False), (5, 2, 5, True), (3, 0, 3, False)])
 def test_stage2_skips_evaluating_the_first_epoch(epoch, step, epochs, due):
-    from utils.train.stage2 import evaluation_due
+    from utils.train.loop import evaluation_due
 
-    assert evaluation_due(epoch, step, epochs) is due
+    assert evaluation_due(epoch, step, epochs, first=False) is due
 
 
 # 8. one-line errors from DataLoader workers ----------------------------------------------------

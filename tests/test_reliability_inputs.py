@@ -86,6 +86,7 @@ def test_llcm_test_id_without_images_found_before_training(llcm, tmp_path):
     before the first epoch, not by the first evaluation."""
     from utils.args import baseline_parser, parse
     from utils.run import prepare_run
+    from utils.settings import stage1_settings
 
     copy = tmp_path / "LLCM"
     shutil.copytree(llcm, copy)
@@ -93,7 +94,7 @@ def test_llcm_test_id_without_images_found_before_training(llcm, tmp_path):
     args = parse(baseline_parser("llcm"), ["--data-dir", str(copy), "--output-dir", str(tmp_path / "out"),
                                            "--device", "cpu"], dataset="llcm")
     with pytest.raises(DataError, match="id 9999 listed in"):
-        prepare_run(args, "baseline", last_checkpoint=os.path.join("intra", "last.pth"))
+        prepare_run(stage1_settings(args), last_checkpoint=os.path.join("intra", "last.pth"))
     assert not (tmp_path / "out" / "llcm" / "baseline" / "args.json").exists()
 
 

@@ -80,7 +80,8 @@ def test_trial_all_keeps_every_trial_and_saves_the_mean(tmp_path, monkeypatch):
     """RegDB --trial all --out F: F_trial<t>.json per trial and F with the mean over the 10 trials
     (the evaluation itself is replaced by known numbers: trial t scores r1 = t)."""
     from data.synthetic import generate_regdb
-    from utils.evaluation import checkpoints
+    from utils.evaluation import run_test
+    from utils.evaluation.protocols import Evaluation
 
     root = tmp_path / "RegDB"
     generate_regdb(str(root), ids=4, seed=1, height=32, width=16, images_per_id=2)
@@ -88,13 +89,13 @@ def test_trial_all_keeps_every_trial_and_saves_the_mean(tmp_path, monkeypatch):
         os.makedirs(tmp_path / f"regdb_trial{t}")
         _save(tmp_path / f"regdb_trial{t}" / "best.pth", dataset="regdb", trial=t)
 
-    def fake(args, path, trial, device, rerank):
+    def fake(settings, plan, device, amp):
         ckpt = dict(stage="mmm", epoch=2, arch="resnet18", img_h=32, img_w=16)
-        m = {k: float(trial) for k in METRICS}
-        return ckpt, {d: {"splits": {d: m}, "mean": m, "std": dict.fromkeys(METRICS, 0.0)}
-                      for d in ("visible2thermal", "thermal2visible")}, None
+        m = {k: float(plan.eval.trial) for k in METRICS}
+        return ckpt, Evaluation({d: {"splits": {d: m}, "mean": m, "std": dict.fromkeys(METRICS, 0.0)}
+                                 for d in ("visible2thermal", "thermal2visible")}, None)
 
-    monkeypatch.setattr(checkpoints, "evaluate_checkpoint", fake)
+    monkeypatch.setattr(run_test, "evaluate_checkpoint", fake)
     out = tmp_path / "regdb.json"
     argv = ["--dataset", "regdb", "--data-dir", str(root), "--trial", "all", "--device", "cpu", "--workers", "0",
             "--resume-net1", str(tmp_path / "regdb_trial{trial}" / "best.pth"), "--out", str(out)]

@@ -115,16 +115,20 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
 
 
 def _prepare(synth, out, extra=(), stage="mmm"):
+    """(the run's flags as a namespace, its context) of prepare_run for stage 1 or 2."""
     from utils.args import parse
     from utils.run import prepare_run
+    from utils.settings import stage1_settings, stage2_settings
 
     if stage == "mmm":
         args = parse(_parser("main"), ["--dataset", "sysu", "--data-dir", str(synth), "--output-dir", str(out),
                                        "--device", "cpu", "--resume-net1", "x.pth", *extra])
-        return args, prepare_run(args, "mmm", last_checkpoint="last.pth")
-    args = parse(_parser("baseline"), ["--data-dir", str(synth), "--output-dir", str(out), "--device", "cpu",
-                                       *extra], dataset="sysu")
-    return args, prepare_run(args, "baseline", last_checkpoint=os.path.join("intra", "last.pth"))
+        ctx = prepare_run(stage2_settings(args), last_checkpoint="last.pth")
+    else:
+        args = parse(_parser("baseline"), ["--data-dir", str(synth), "--output-dir", str(out), "--device", "cpu",
+                                           *extra], dataset="sysu")
+        ctx = prepare_run(stage1_settings(args), last_checkpoint=os.path.join("intra", "last.pth"))
+    return argparse.Namespace(**ctx.flags), ctx
 
 
 def test_run_dir_of_a_live_run_refused_before_writing(tiny_sysu, tmp_path):
@@ -180,11 +184,13 @@ def test_stage2_resume_after_stage1_rerun_refused(tiny_sysu, tmp_path):
     net1 = ["--resume-net1", str(s1 / "final.pth")]
     from utils.args import parse
     from utils.run import prepare_run
+    from utils.settings import stage2_settings
 
     def prepare(*extra):
         args = parse(_parser("main"), ["--dataset", "sysu", "--data-dir", str(tiny_sysu), "--output-dir",
                                        str(tmp_path / "out"), "--device", "cpu", *net1, *extra])
-        return args, prepare_run(args, "mmm", last_checkpoint="last.pth")
+        ctx = prepare_run(stage2_settings(args), last_checkpoint="last.pth")
+        return argparse.Namespace(**ctx.flags), ctx
 
     args, ctx = prepare()
     assert set(args.stage1_inputs) == {"checkpoint", "artifact"} and all(args.stage1_inputs.values())

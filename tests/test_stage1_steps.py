@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.sample import Sample
-from utils.distributed import DistInfo
+import typed_settings
+from utils.settings import MemorySettings
 from utils.train import stage1_steps as steps
 
 CPU = torch.device("cpu")
-MEMORY_ARGS = dict(temp=0.05, momentum=0.1, use_hard=False)
+MEMORY = MemorySettings(temp=0.05, momentum=0.1, use_hard=False)
 
 
 def _blobs(centres: int, per: int, dim: int = 8, seed: int = 0, spread: float = 0.01) -> torch.Tensor:
@@ -23,15 +24,14 @@ def _blobs(centres: int, per: int, dim: int = 8, seed: int = 0, spread: float = 
     return (c.repeat_interleave(per, 0) + spread * torch.randn(centres * per, dim, generator=g)).float()
 
 
-def _args(**kw):
-    base = dict(eps=0.6, k1=5, k2=2, k1_joint=6, k2_joint=2, knn="torch", num_instances=4, batch_size=16,
-                iters=3, no_cam=False, seed=0, img_h=8, img_w=4, workers=0, **MEMORY_ARGS)
-    base.update(kw)
-    return SimpleNamespace(**base)
+def _settings(*flags: str):
+    return typed_settings.stage1("--eps", "0.6", "--k1", "5", "--k2", "2", "--k1-joint", "6", "--k2-joint", "2",
+                                 "--num-instances", "4", "-b", "16", "--iters", "3", "--seed", "0", "--img-h", "16",
+                                 "--img-w", "8", "--workers", "0", *flags)
 
 
 def _ctx():
-    return SimpleNamespace(device=CPU, dist=DistInfo(), cache=lambda args, interpolation: None)
+    return typed_settings.context(_settings())
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
@@ -47,14 +47,14 @@ def _pure(labels: np.ndarray, groups: np.ndarray) -> bool:
 
 def test_cluster_epoch_finds_the_groups_per_modality_and_jointly():
     feats = {"rgb": _blobs(4, 10, seed=1), "ir": _blobs(3, 10, seed=2)}
-    labels = steps.cluster_epoch(feats, _args(k1=8, k1_joint=8), joint=True)
+    labels = steps.cluster_epoch(feats, _settings("--k1", "8", "--k1-joint", "8").cluster, joint=True)
     assert _same_partition(labels["rgb"], np.repeat(np.arange(4), 10))
     assert _pure(labels["ir"], np.repeat(np.arange(3), 10)) and labels["ir"].max() == 2
     # jointly: the 7 groups (rgb and ir centres differ) stay apart
     assert labels["joint"].shape == (70,) and labels["joint"].dtype == np.int64
     assert _pure(labels["joint"], np.r_[np.repeat(np.arange(4), 10), 4 + np.repeat(np.arange(3), 10)])
     assert labels["joint"].max() == 6
-    assert "joint" not in steps.cluster_epoch(feats, _args(k1=8), joint=False)
+    assert "joint" not in steps.cluster_epoch(feats, _settings("--k1", "8").cluster, joint=False)
 
 
 def test_clustering_report_counts_and_associate_rate():
@@ -70,23 +70,23 @@ def test_clustering_report_counts_and_associate_rate():
 
 def test_build_memory_holds_the_unit_centroids_or_none():
     x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
-    mem = steps.build_memory(x, np.array([0, 0, 1, -1]), SimpleNamespace(**MEMORY_ARGS), CPU)
+    mem = steps.build_memory(x, np.array([0, 0, 1, -1]), MEMORY, CPU)
     assert torch.allclose(mem.features, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     assert mem.world_size == 1
-    assert steps.build_memory(x, np.array([0, 0, 0, -1]), SimpleNamespace(**MEMORY_ARGS), CPU) is None
-    assert steps.build_memory(x, -np.ones(4, np.int64), SimpleNamespace(**MEMORY_ARGS), CPU) is None
+    assert steps.build_memory(x, np.array([0, 0, 0, -1]), MEMORY, CPU) is None
+    assert steps.build_memory(x, -np.ones(4, np.int64), MEMORY, CPU) is None
 
 
 def test_memories_step_joint_memory_balances_the_modalities():
     feats = {"rgb": torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
              "ir": torch.tensor([[0.0, 1.0], [0.0, 1.0]])}
     labels = {"rgb": np.array([0, 0, 1, 1]), "ir": np.array([0, 1]), "joint": np.array([0, 0, 0, 1, 0, 1])}
-    mem = steps.memories_step(feats, labels, SimpleNamespace(**MEMORY_ARGS), _ctx(), joint=True)
+    mem = steps.memories_step(feats, labels, MEMORY, _ctx(), joint=True)
     assert mem["ir"] is not None and mem["rgb"] is not None
     # joint cluster 0: mean of its rgb mean (1, 0) and its ir mean (0, 1), normalised
     assert torch.allclose(mem["joint"].features[0], torch.tensor([0.5 ** 0.5, 0.5 ** 0.5]))
     assert torch.allclose(mem["joint"].features[1], torch.tensor([0.0, 1.0]))
-    assert "joint" not in steps.memories_step(feats, labels, SimpleNamespace(**MEMORY_ARGS), _ctx(), joint=False)
+    assert "joint" not in steps.memories_step(feats, labels, MEMORY, _ctx(), joint=False)
 
 
 def test_pass_length():
@@ -101,9 +101,9 @@ def _samples(n):
 
 def test_train_loader_is_none_when_the_clusters_cannot_fill_a_batch():
     labels = np.repeat(np.arange(3), 4)  # 3 ids x 4 = 12 images per pass < batch of 16
-    assert steps.train_loader(_samples(12), labels, None, _args(), _ctx(), epoch=0, stream=0) is None
+    assert steps.train_loader(_samples(12), labels, None, _settings(), _ctx(), epoch=0, stream=0) is None
     labels = np.repeat(np.arange(4), 4)
-    loader = steps.train_loader(_samples(16), labels, None, _args(), _ctx(), epoch=0, stream=0)
+    loader = steps.train_loader(_samples(16), labels, None, _settings(), _ctx(), epoch=0, stream=0)
     assert loader is not None and len(loader.batch_sampler) == 3  # --iters batches
 
 
@@ -113,9 +113,9 @@ def test_loaders_step_joint_loaders_use_cross_modal_clusters_only():
     # joint: clusters 0..3 hold both modalities; cluster 4 holds infrared only; rgb rows are one cluster each
     joint_ok = np.r_[rgb, rgb]
     joint_bad = np.r_[rgb, np.full(16, 4)]
-    ok = steps.loaders_step(data, {"rgb": rgb, "ir": rgb, "joint": joint_ok}, _args(), _ctx(), 0, joint=True)
+    ok = steps.loaders_step(data, {"rgb": rgb, "ir": rgb, "joint": joint_ok}, _settings(), _ctx(), 0, joint=True)
     assert all(ok[k] is not None for k in ("rgb", "ir", "joint_rgb", "joint_ir"))
-    bad = steps.loaders_step(data, {"rgb": rgb, "ir": rgb, "joint": joint_bad}, _args(), _ctx(), 0, joint=True)
+    bad = steps.loaders_step(data, {"rgb": rgb, "ir": rgb, "joint": joint_bad}, _settings(), _ctx(), 0, joint=True)
     assert bad["rgb"] is not None and bad["joint_rgb"] is None and bad["joint_ir"] is None
 
 
@@ -135,8 +135,7 @@ def test_memory_step_losses_are_the_memory_nce_of_both_views_and_ir():
     model = _Flat()
     va, vb, t = torch.randn(2, 1, 2, 2), torch.randn(2, 1, 2, 2), torch.randn(2, 1, 2, 2)
     y_rgb, y_ir = torch.tensor([0, 1]), torch.tensor([1, 0])
-    args = SimpleNamespace(**MEMORY_ARGS)
-    mems = [steps.build_memory(torch.randn(4, 3), np.array([0, 0, 1, 1]), args, CPU) for _ in range(2)]
+    mems = [steps.build_memory(torch.randn(4, 3), np.array([0, 0, 1, 1]), MEMORY, CPU) for _ in range(2)]
     before = [m.features.clone() for m in mems]
     losses = steps.memory_step(model, ((va, vb), y_rgb, None, None), (t, y_ir, None, None), mems[0], mems[1], CPU)
     with torch.no_grad():

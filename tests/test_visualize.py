@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from utils.evaluation.visualize import (BACKGROUND, FRAME, GAP, LINE_H, MATCH_COLOR, MISMATCH_COLOR, QUERY_COLOR,
-                             REMOVAL_TEXT, SWATCH, legend_items, save_cmc_curve, save_rank_grid)
+                                        REMOVAL_TEXT, SWATCH, SplitImages, legend_items, save_cmc_curve,
+                                        save_rank_grid)
 
 THUMB = (16, 8)                                   # (height, width)
 CELL_W, CELL_H = THUMB[1] + 2 * FRAME, THUMB[0] + 2 * FRAME
@@ -61,9 +62,9 @@ def cell(img, row, col):
 
 
 def test_rank_grid_sysu_removal(tmp_path, images):
-    out = save_rank_grid(str(tmp_path / "a" / "b" / "grid.png"), images[0], images[1], DIST,
-                         Q_PIDS, G_PIDS, num_queries=5, topk=4, q_camids=Q_CAMS,
-                         g_camids=G_CAMS, thumb=THUMB)
+    out = save_rank_grid(str(tmp_path / "a" / "b" / "grid.png"),
+                         SplitImages(images[0], images[1], Q_PIDS, G_PIDS, q_camids=Q_CAMS, g_camids=G_CAMS),
+                         DIST, num_queries=5, topk=4, thumb=THUMB)
     img = Image.open(out).convert("RGB")
     assert_grid_size(img, 5 * CELL_W + GAP, 2 * CELL_H)
     # row 0: cam-3 query, g0 (cam 2) removed -> g1 (pid 2, red), g2 (pid 1, green), g3 (red), empty
@@ -80,7 +81,7 @@ def test_rank_grid_sysu_removal(tmp_path, images):
 
 
 def test_rank_grid_without_cameras_and_sampling(tmp_path, images):
-    out = save_rank_grid(str(tmp_path / "grid.png"), images[0], images[1], DIST, Q_PIDS, G_PIDS,
+    out = save_rank_grid(str(tmp_path / "grid.png"), SplitImages(images[0], images[1], Q_PIDS, G_PIDS), DIST,
                          num_queries=1, topk=2, seed=3, thumb=THUMB)
     img = Image.open(out).convert("RGB")
     assert_grid_size(img, 3 * CELL_W + GAP, CELL_H)
@@ -94,8 +95,8 @@ def test_rank_grid_without_cameras_and_sampling(tmp_path, images):
 
 def test_rank_grid_shape_error(tmp_path, images):
     with pytest.raises(ValueError, match="distmat"):
-        save_rank_grid(str(tmp_path / "g.png"), images[0], images[1], DIST[:, :3], Q_PIDS,
-                       G_PIDS, num_queries=1, thumb=THUMB)
+        save_rank_grid(str(tmp_path / "g.png"), SplitImages(images[0], images[1], Q_PIDS, G_PIDS), DIST[:, :3],
+                       num_queries=1, thumb=THUMB)
 
 
 def test_cmc_curve(tmp_path):
@@ -113,9 +114,10 @@ def test_cmc_curve(tmp_path):
 def test_rank_grid_llcm_removal(tmp_path, images):
     """LLCM rule: only gallery items of the query's identity *and* camera are skipped."""
     q_cams, g_cams = np.array([4, 2]), np.array([4, 2, 7, 4])    # g0 is pid 1 in cam 4: removed for q0
-    out = save_rank_grid(str(tmp_path / "llcm.png"), images[0], images[1], DIST, Q_PIDS, G_PIDS,
-                         num_queries=2, topk=4, q_camids=q_cams, g_camids=g_cams, thumb=THUMB,
-                         removal="same_id_same_camera")
+    out = save_rank_grid(str(tmp_path / "llcm.png"),
+                         SplitImages(images[0], images[1], Q_PIDS, G_PIDS, q_camids=q_cams, g_camids=g_cams,
+                                     removal="same_id_same_camera"),
+                         DIST, num_queries=2, topk=4, thumb=THUMB)
     img = Image.open(out).convert("RGB")
     # q0 (pid 1, cam 4): g0 skipped; g1 (pid 2, red), g2 (pid 1 cam 7, green), g3 (pid 3 cam 4, red: other id)
     assert [cell(img, 0, c) for c in range(1, 5)] == [
@@ -130,10 +132,11 @@ def test_rank_grid_legend(tmp_path, images):
     wide = (16, 40)                                   # wide cells: the legend has room to be read
     grid_h = 2 * (wide[0] + 2 * FRAME)
     width = 11 * (wide[1] + 2 * FRAME) + GAP
-    plain = Image.open(save_rank_grid(str(tmp_path / "a.png"), images[0], images[1], DIST, Q_PIDS, G_PIDS,
-                                      num_queries=2, thumb=wide)).convert("RGB")
-    with_rule = Image.open(save_rank_grid(str(tmp_path / "b.png"), images[0], images[1], DIST, Q_PIDS, G_PIDS,
-                                          num_queries=2, thumb=wide, q_camids=Q_CAMS, g_camids=G_CAMS,
+    plain = Image.open(save_rank_grid(str(tmp_path / "a.png"), SplitImages(images[0], images[1], Q_PIDS, G_PIDS),
+                                      DIST, num_queries=2, thumb=wide)).convert("RGB")
+    with_rule = Image.open(save_rank_grid(str(tmp_path / "b.png"),
+                                          SplitImages(images[0], images[1], Q_PIDS, G_PIDS, Q_CAMS, G_CAMS), DIST,
+                                          num_queries=2, thumb=wide,
                                           note="SYSU-MM01 all-search, gallery trial0")).convert("RGB")
     n_plain = assert_grid_size(plain, width, grid_h)
     n_rule = assert_grid_size(with_rule, width, grid_h)
@@ -159,12 +162,12 @@ def test_cmc_curve_with_std_band(tmp_path):
 
 
 def test_testpy_pictures_plot_the_mean_cmc_over_trials(tmp_path, images, monkeypatch):
-    """test.py --visualize (utils.evaluation.checkpoints.write_pictures): one rank grid per protocol (gallery
+    """test.py --visualize (utils.evaluation.run_test.write_pictures): one rank grid per protocol (gallery
     trial 0) and a CMC picture whose curves are the mean (and std) over the protocol's gallery trials,
     labelled as such, re-ranked curves included."""
     from data.sample import IR, RGB, Sample, TestSplit
     from utils.evaluation import visualize
-    from utils.evaluation.checkpoints import write_pictures
+    from utils.evaluation.run_test import write_pictures
 
     query = [Sample(p, int(pid), int(c), IR) for p, pid, c in zip(images[0], Q_PIDS, Q_CAMS)]
     gallery = [Sample(p, int(pid), int(c), RGB) for p, pid, c in zip(images[1], G_PIDS, G_CAMS)]

@@ -131,21 +131,16 @@ def add_eval_args(p: argparse.ArgumentParser, per_epoch: bool = False) -> None:
 
 
 def fill_dataset_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill flags left at ``None`` from the dataset's spec; normalise --trial and --seed."""
+    """Fill flags left at ``None`` from the dataset's spec; --trial as a number (None without trials),
+    --seed from the stage's default. The values were checked by :func:`utils.arg_checks.check_flags`."""
     from data.datasets import check_trial
 
     spec = SPECS[args.dataset]
     for key in ("eps", "k1", "k1_joint", "k2_joint", "iters"):
         if hasattr(args, key) and getattr(args, key) is None:
             setattr(args, key, getattr(spec, key))
-    if getattr(args, "trial", None) not in (None, "all"):
-        try:
-            args.trial = int(args.trial)
-        except ValueError:
-            from data.sample import DataError
-            raise DataError(f"--trial must be a number 1..10, got {args.trial!r}") from None
     if args.trial != "all":
-        args.trial = check_trial(args.dataset, args.trial)
+        args.trial = check_trial(args.dataset, None if args.trial is None else int(args.trial))
     if hasattr(args, "inter_start_epoch") and args.inter_start_epoch is None:
         args.inter_start_epoch = args.warm_epochs
     if getattr(args, "seed", 0) is None:

@@ -77,18 +77,25 @@ def save_checkpoint(ckpt: Dict[str, Any], path: str) -> None:
 
 
 def make_checkpoint(model: nn.Module, *, stage: str, phase: str, dataset: str, trial: Optional[int],
-                    epoch: int, args: Dict, optimizer=None, scheduler=None, metrics=None,
-                    best_metric=None, extra=None) -> Dict[str, Any]:
-    """Assemble a checkpoint dict in the project schema (model weights taken from the unwrapped model)."""
+                    epoch: int, args: Dict, metrics: Optional[Dict] = None) -> Dict[str, Any]:
+    """Assemble a checkpoint dict in the project schema (model weights taken from the unwrapped model);
+    a training checkpoint adds its optimizer state with :func:`add_training_state`."""
     net = unwrap(model)
     return dict(format=FORMAT, version=VERSION, stage=stage, phase=phase,
                 model={k: v.detach().cpu() for k, v in net.state_dict().items()},
                 arch=net.arch, num_classes=int(net.num_classes), non_local=bool(getattr(net, "nl_positions", {})),
                 pretrained=dict(getattr(net, "pretrained_info", {})),
-                dataset=dataset, trial=trial, epoch=int(epoch),
-                optimizer=optimizer.state_dict() if optimizer is not None else None,
-                scheduler=scheduler.state_dict() if scheduler is not None else None,
-                metrics=metrics or {}, best_metric=best_metric, args=dict(args), extra=extra or {})
+                dataset=dataset, trial=trial, epoch=int(epoch), optimizer=None, scheduler=None,
+                metrics=metrics or {}, best_metric=None, args=dict(args), extra={})
+
+
+def add_training_state(ckpt: Dict[str, Any], optimizer, scheduler=None, best_metric: Optional[float] = None,
+                       extra: Optional[Dict] = None) -> Dict[str, Any]:
+    """``ckpt`` with what ``--resume`` needs: the optimizer (and scheduler) state, the best selection
+    metric so far and the stage's ``extra`` (stage 2: its prototypes). Returns ``ckpt``."""
+    ckpt.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler is not None else None,
+                best_metric=best_metric, extra=extra or {})
+    return ckpt
 
 
 def load_checkpoint(path: str, flag: str = "checkpoint") -> Dict[str, Any]:

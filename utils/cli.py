@@ -105,12 +105,24 @@ def _run(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Seque
     return 0
 
 
-def baseline_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
-    """Parse the stage-1 flags of ``dataset`` and run stage 1 (the body of baseline_<dataset>.py)."""
+def baseline_main(dataset: str, argv: Optional[Sequence[str]] = None, observers=None) -> None:
+    """Parse the stage-1 flags of ``dataset`` and run stage 1 (the body of baseline_<dataset>.py);
+    ``observers`` (a :class:`utils.train.callbacks.Observers`) hear of its training events."""
     from utils.args import baseline_parser, parse
 
     args = parse(baseline_parser(dataset), argv, dataset=dataset)
-    from utils.train.stage1 import check_baseline_args, run_baseline  # after parsing: a fast --help
+    from utils.settings import stage1_settings  # after parsing: a fast --help
+    from utils.train.stage1 import run_stage1
 
-    check_baseline_args(args)
-    run_baseline(args)
+    run_stage1(stage1_settings(args), observers)
+
+
+def stage2_main(argv: Optional[Sequence[str]] = None, observers=None) -> None:
+    """Parse the stage-2 flags and run stage 2 (the body of main.py); ``observers`` as :func:`baseline_main`."""
+    from utils.args import mmm_parser, parse
+
+    args = parse(mmm_parser(), argv)
+    from utils.settings import stage2_settings  # after parsing: a fast --help
+    from utils.train.stage2 import run_stage2
+
+    run_stage2(stage2_settings(args), observers)

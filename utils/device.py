@@ -70,19 +70,19 @@ def amp_dtype(amp: AmpMode, device: torch.device) -> Optional[torch.dtype]:
     raise DataError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
 
 
-def autocast(amp: AmpMode, device: torch.device):
-    """Context manager: ``torch.autocast`` with the dtype of ``amp`` on ``device``, or a no-op for fp32."""
-    dtype = amp_dtype(amp, device)
+def autocast(dtype: Optional[torch.dtype], device: torch.device):
+    """Context manager: ``torch.autocast`` to ``dtype`` (resolved once by :func:`amp_dtype`) on ``device``,
+    or a no-op for float32 (``dtype`` None)."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def grad_scaler(amp: AmpMode, device: torch.device) -> Optional["torch.amp.GradScaler"]:
+def grad_scaler(dtype: Optional[torch.dtype], device: torch.device) -> Optional["torch.amp.GradScaler"]:
     """A gradient scaler for float16 training (its small exponent range underflows gradients), else None.
 
     bfloat16 has float32's exponent range and needs none."""
-    if amp_dtype(amp, device) is torch.float16:
+    if dtype is torch.float16:
         return torch.amp.GradScaler(device.type)
     return None
 
@@ -103,17 +103,15 @@ def optimizer_step(loss: torch.Tensor, optimizer, scaler=None) -> None:
     scaler.update()
 
 
-def configure_backends(device: torch.device, amp: AmpMode = "off") -> None:
+def configure_backends(device: torch.device) -> None:
     """Process-wide numerics and speed settings, called once at start-up by the training entry points.
 
     On CUDA: float32 matrix products and convolutions may use TF32 (what the release's torch 1.8 did by
     default on GPUs that have it, so ``--amp off`` keeps the released numerics), and cuDNN picks the
     fastest convolution algorithms for the fixed input sizes (``cudnn.benchmark``). The exact k-NN
     search, MMLM's k-means and its cost switch TF32 off for themselves (clustering/knn.py
-    ``exact_float32``). ``--device cuda:N`` becomes the current CUDA device. Also validates ``amp``
-    for ``device`` (one-line error for ``--amp fp16`` on a CPU).
+    ``exact_float32``). ``--device cuda:N`` becomes the current CUDA device.
     """
-    amp_dtype(amp, device)
     if device.type != "cuda":
         return
     if device.index is not None:

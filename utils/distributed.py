@@ -44,7 +44,7 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(args) -> DistInfo:
+def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group that torchrun describes in the environment (RANK, WORLD_SIZE, ...).
 
     NCCL on GPUs, gloo on CPU (``--device cpu`` or no GPU). Returns a disabled DistInfo when the
@@ -54,7 +54,7 @@ def init_distributed(args) -> DistInfo:
         return DistInfo()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = torch.cuda.is_available() and str(getattr(args, "device", "auto")) != "cpu"
+    use_cuda = torch.cuda.is_available() and str(device) != "cpu"
     if use_cuda:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -152,6 +152,22 @@ def sync_buffers(model: nn.Module, dist: DistInfo) -> None:
         return
     for buf in unwrap(model).buffers():
         tdist.broadcast(buf, src=0)
+
+
+def all_ranks_true(flag: torch.Tensor, dist: DistInfo) -> bool:
+    """Whether the scalar boolean ``flag`` holds on every process (one host sync; a MIN all-reduce under
+    torchrun, so that every process takes the same branch)."""
+    ok = flag.to(torch.float32)
+    if dist.enabled:
+        tdist.all_reduce(ok, op=tdist.ReduceOp.MIN)
+    return bool(ok)
+
+
+def sum_over_ranks_(tensors: List[torch.Tensor], dist: DistInfo) -> None:
+    """Replace each tensor by its sum over the processes, in place (nothing without torchrun)."""
+    if dist.enabled:
+        for t in tensors:
+            tdist.all_reduce(t)
 
 
 def mean_over_ranks(values: Dict[str, float], dist: DistInfo) -> Dict[str, float]:

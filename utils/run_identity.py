@@ -33,20 +33,21 @@ def file_digest(path: str) -> Optional[str]:
         return None
 
 
-def stage1_digests(args) -> Dict[str, Optional[str]]:
+def stage1_digests(resume_net1: str, baseline_artifact: Optional[str]) -> Dict[str, Optional[str]]:
     """Digests of stage 2's inputs: the --resume_net1 checkpoint and the stage-1 artifact it uses
-    (None where a file is missing: the stage reports that itself, with its own message)."""
+    (--baseline-artifact or the one found next to the checkpoint; None where a file is missing: the
+    stage reports that itself, with its own message)."""
     from utils.artifacts import ARTIFACT
 
-    artifact = args.baseline_artifact
+    artifact = baseline_artifact
     if not artifact:
-        folder = os.path.dirname(os.path.abspath(args.resume_net1))
+        folder = os.path.dirname(os.path.abspath(resume_net1))
         for _ in range(3):  # where utils.artifacts.find_artifact looks
             if os.path.isfile(os.path.join(folder, ARTIFACT)):
                 artifact = os.path.join(folder, ARTIFACT)
                 break
             folder = os.path.dirname(folder)
-    return {"checkpoint": file_digest(args.resume_net1),
+    return {"checkpoint": file_digest(resume_net1),
             "artifact": file_digest(artifact) if artifact else None}
 
 
@@ -64,21 +65,20 @@ def _shown(key: str, value) -> str:
     return f"{flag} {value}"
 
 
-def check_same_run(saved: Dict, args, path: str) -> None:
-    """Refuse to resume the run whose checkpoint ``path`` recorded the flags ``saved`` with ``args``.
+def check_same_run(saved: Dict, now: Dict, path: str) -> None:
+    """Refuse to resume the run whose checkpoint ``path`` recorded the flags ``saved`` with the flags ``now``.
 
     Keys absent from ``saved`` (checkpoints of older code) are not compared.
 
     Raises:
         DataError: one line naming the first flag that differs and what to do.
     """
-    now = vars(args)
     keys = [k for k in FIRST if k in saved] + sorted(k for k in saved if k not in FIRST)
     for key in keys:
         if key in MAY_CHANGE or key not in now or _normal(key, saved[key]) == _normal(key, now[key]):
             continue
         if key == "stage1_inputs":
-            raise DataError(f"--resume: the stage-1 output changed since this run started ({args.resume_net1} or "
+            raise DataError(f"--resume: the stage-1 output changed since this run started ({now.get('resume_net1')} or "
                             f"its pseudo_labels.npz was rewritten: stage 1 was run again); resuming would mix two "
                             f"stage-1 runs: start stage 2 afresh in another --output-dir")
         raise DataError(f"--resume: {path} was written with {_shown(key, saved[key])}, this command gives "

@@ -5,5 +5,5 @@ metrics.py      eval_sysu / eval_regdb / eval_llcm: CMC, mAP, mINP from a distan
 ranking.py      ranking primitives the metrics share (stable ties, removal rules, distinct-identity CMC)
 features.py     batched no-grad feature extraction through each image's modality stem
 visualize.py    pictures: a rank grid of queries and their top-10, CMC curves
-checkpoints.py  test.py's body: evaluate saved checkpoints, print the results and write the result JSON
+run_test.py     test.py's body: evaluate saved checkpoints, print the results and write the result JSON
 """

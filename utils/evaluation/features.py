@@ -1,7 +1,8 @@
 """Batched, no-grad feature extraction through the stem of each image's modality."""
 from __future__ import annotations
 
-from typing import Sequence, Union
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from data.images import ImageDataset
 from data.sample import RGB, Sample
 from data.transforms import build_test_transform
 from model import input_memory_format
-from utils.device import AmpMode, autocast
+from utils.device import autocast
 
 
 @torch.no_grad()
@@ -36,19 +37,42 @@ def embed_batch(model: nn.Module, x: torch.Tensor, modality: str, flip: bool = F
     return feats
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """How :func:`extract_features` reads and embeds images.
+
+    Attributes:
+        device: where the model runs; ``out_device``: where the features go (the CPU, or the training
+            device when stage 1 clusters them there).
+        img_h, img_w, interpolation, cache: the input size, resampling ("bicubic" | "lanczos") and the
+            pre-resized image cache (or None).
+        flip: average f(x) and f(flip x); ``renormalize``: L2-normalise that average (see :func:`embed_batch`).
+        amp: autocast dtype (None = float32; utils.device.amp_dtype resolves --amp once).
+        progress: show a progress bar.
+    """
+
+    device: torch.device
+    img_h: int = 288
+    img_w: int = 144
+    interpolation: str = "lanczos"
+    cache: Optional[object] = None
+    batch_size: int = 128
+    workers: int = 2
+    flip: bool = False
+    renormalize: bool = True
+    amp: Optional[torch.dtype] = None
+    progress: bool = True
+    out_device: Union[str, torch.device] = "cpu"
+
+
 @torch.no_grad()
-def extract_features(model: nn.Module, samples: Sequence[Sample], *, device: torch.device,
-                     img_h: int = 288, img_w: int = 144, interpolation: str = "lanczos", cache=None,
-                     batch_size: int = 128, workers: int = 2, flip: bool = False,
-                     renormalize: bool = True, amp: AmpMode = "off", desc: str = "features",
-                     progress: bool = True, out_device: Union[str, torch.device] = "cpu") -> torch.Tensor:
-    """Features of ``samples`` (all of one modality) as a float32 tensor (N, D) on ``out_device``, in order.
+def extract_features(model: nn.Module, samples: Sequence[Sample], how: Extraction,
+                     desc: str = "features") -> torch.Tensor:
+    """Features of ``samples`` (all of one modality) as a float32 tensor (N, D) on ``how.out_device``, in order.
 
     rgb samples go through the rgb stem, ir samples through the ir stem. The model is put in eval
-    mode and restored to its previous mode afterwards. ``amp`` is an ``--amp`` value ("off", "bf16",
-    "fp16", or the old bool switch: True = bf16 where supported, see utils.device.amp_dtype); the
-    features are float32 whatever it is. ``out_device=device`` keeps them on the GPU (stage 1 clusters
-    them there); a model in channels_last gets channels_last batches.
+    mode and restored to its previous mode afterwards. The features are float32 whatever ``how.amp``
+    is; a model in channels_last gets channels_last batches.
     """
     if not samples:
         raise ValueError(f"extract_features: no {desc} images")
@@ -56,21 +80,22 @@ def extract_features(model: nn.Module, samples: Sequence[Sample], *, device: tor
     if len(modalities) != 1:
         raise ValueError("extract_features expects samples of one modality")
     modality = modalities.pop()
-    ds = ImageDataset(list(samples), build_test_transform(), h=img_h, w=img_w,
-                      interpolation=interpolation, cache=cache)
-    cast = autocast(amp, device)  # validates amp for the device before any image is read
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+    device = how.device
+    ds = ImageDataset(list(samples), build_test_transform(), h=how.img_h, w=how.img_w,
+                      interpolation=how.interpolation, cache=how.cache)
+    cast = autocast(how.amp, device)
+    loader = DataLoader(ds, batch_size=how.batch_size, shuffle=False, num_workers=how.workers,
                         pin_memory=device.type == "cuda")
     fmt = input_memory_format(model)
     was_training = model.training
     model.eval()
     out = []
     try:
-        for imgs, _, _, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        for imgs, _, _, _ in tqdm(loader, desc=desc, leave=False, disable=not how.progress):
             x = imgs.to(device, non_blocking=True, memory_format=fmt)
             with cast:
-                f = embed_batch(model, x, modality, flip, renormalize)
-            out.append(f.float().to(out_device, non_blocking=False))
+                f = embed_batch(model, x, modality, how.flip, how.renormalize)
+            out.append(f.float().to(how.out_device, non_blocking=False))
     finally:
         model.train(was_training)
     return torch.cat(out)

@@ -5,7 +5,7 @@ query/gallery lists from :func:`data.datasets.load_protocols`.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -13,7 +13,8 @@ import torch
 from data.datasets import TestSplit, load_protocols
 from data.sample import cams_of, pids_of
 from data.specs import SPECS
-from utils.evaluation.features import extract_features
+from utils.evaluation.features import Extraction, extract_features
+from utils.settings import TEST_INTERPOLATION, EvalSettings
 from utils.evaluation.metrics import eval_protocol
 
 RANKS = (1, 5, 10, 20)
@@ -55,20 +56,16 @@ def summarize(per_split: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, flo
             "std": {k: float(v.std()) for k, v in table.items()}}
 
 
-def protocol_features(model, protocols: Dict[str, List[TestSplit]], *, device: torch.device, img_h: int = 288,
-                      img_w: int = 144, cache=None, batch_size: int = 128, workers: int = 2, flip: bool = False,
-                      amp: bool = False, progress: bool = True) -> Dict[str, torch.Tensor]:
+def protocol_features(model, protocols: Dict[str, List[TestSplit]], how: Extraction) -> Dict[str, torch.Tensor]:
     """``{path: (D,) float32 feature on the CPU}`` of every distinct test image of ``protocols``, each
     embedded once through its modality's stem (the galleries of different trials and directions share
-    images). ``img_h, img_w``: input size; other arguments as :func:`extract_features`."""
+    images)."""
     every = {s.path: s for splits in protocols.values() for sp in splits for s in sp.query + sp.gallery}
     feats: Dict[str, torch.Tensor] = {}
     for modality in ("rgb", "ir"):
         samples = [s for s in every.values() if s.modality == modality]
         if samples:
-            f = extract_features(model, samples, device=device, img_h=img_h, img_w=img_w, cache=cache,
-                                 batch_size=batch_size, workers=workers, flip=flip, amp=amp,
-                                 desc=f"test {modality}", progress=progress)
+            f = extract_features(model, samples, how, desc=f"test {modality}")
             feats.update(zip((s.path for s in samples), f))
     return feats
 
@@ -98,22 +95,38 @@ def score_protocols(dataset: str, protocols: Dict[str, List[TestSplit]], feats: 
     return results
 
 
-def evaluate(model, dataset: str, data_dir: str, *, device: torch.device, trial: Optional[int] = None,
-             modes=("all",), shot: int = 1, gallery_trials: Optional[int] = None, directions=None,
-             img_h: int = 288, img_w: int = 144, cache=None, batch_size: int = 128, workers: int = 2,
-             flip: bool = False, amp: bool = False, keep_distmats: bool = False, progress: bool = True) -> Dict:
-    """Run the test protocol and return ``{protocol: {"splits": {...}, "mean": {...}, "std": {...}}}``.
+class Evaluation(NamedTuple):
+    """What :func:`evaluate` returns: the plain results and, with re-ranking, the re-ranked ones (else None),
+    each ``{protocol: {"splits": {...}, "mean": {...}, "std": {...}, "_cmcs": [...]}}``."""
 
-    Protocols and their options as :func:`data.datasets.load_protocols` (``gallery_trials`` None = the
-    dataset's, ``directions`` None = all of them). Metrics are in percent: r1, r5, r10, r20, mAP, mINP.
-    With ``keep_distmats`` each protocol also holds ``"_splits"`` and ``"_distmats"`` ((Q, G) float64 per
-    split) for visualisation. ``model`` maps (B, 3, img_h, img_w) batches to (B, D) features.
+    results: Dict
+    reranked: Optional[Dict]
+
+
+def evaluate(model, settings: EvalSettings, device: torch.device, cache=None, amp: Optional[torch.dtype] = None,
+             progress: bool = True, keep_distmats: bool = False, rerank=None) -> Evaluation:
+    """Run the test protocol of ``settings`` (both stages' per-epoch evaluation and test.py).
+
+    Protocols as :func:`data.datasets.load_protocols` gives them for ``settings``; test images are
+    resized with the Lanczos filter (``cache``: the matching pre-resized cache or None) and embedded once.
+    Metrics are in percent: r1, r5, r10, r20, mAP, mINP. ``keep_distmats``: see :func:`score_protocols`;
+    ``rerank`` (a :class:`clustering.rerank.RerankParams`): also score the re-ranked distances from the
+    same features. ``model`` maps (B, 3, img_h, img_w) batches to (B, D) features.
     """
-    protocols = load_protocols(dataset, data_dir, trial=trial, modes=tuple(modes), shot=shot,
-                               gallery_trials=gallery_trials, directions=directions)
-    feats = protocol_features(model, protocols, device=device, img_h=img_h, img_w=img_w, cache=cache,
-                              batch_size=batch_size, workers=workers, flip=flip, amp=amp, progress=progress)
-    return score_protocols(dataset, protocols, feats, keep_distmats=keep_distmats)
+    s = settings
+    protocols = load_protocols(s.dataset, s.data_dir, trial=s.trial, modes=tuple(s.modes), shot=s.shot,
+                               gallery_trials=s.gallery_trials, directions=s.directions)
+    how = Extraction(device=device, img_h=s.img_h, img_w=s.img_w, interpolation=TEST_INTERPOLATION, cache=cache,
+                     batch_size=s.batch_size, workers=s.workers, flip=s.flip, amp=amp, progress=progress)
+    feats = protocol_features(model, protocols, how)
+    results = score_protocols(s.dataset, protocols, feats, keep_distmats=keep_distmats)
+    reranked = None if rerank is None else score_protocols(s.dataset, protocols, feats, rerank=rerank)
+    return Evaluation(results, reranked)
+
+
+def mean_lines(results: Dict) -> List[str]:
+    """The mean ± std line of every protocol (what a training run logs after an evaluation)."""
+    return [line for line in format_results(results) if " MEAN: " in line]
 
 
 def format_results(results: Dict, label: str = "") -> List[str]:

@@ -11,53 +11,57 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from data.sample import DataError
 from data.specs import SPECS
 from utils.evaluation.protocols import summarize
+from utils.settings import EvalSettings
 
 #: The record fields that identify an evaluation (two records equal on these hold the same numbers).
 IDENTITY = ("checkpoint", "dataset", "trial", "mode", "shot", "flip", "img_h", "img_w", "gallery_trials",
             "protocols", "rerank")
 
 
-def settings_of(args, path: str, trial, img_hw, protocols: List[str], rerank) -> Dict:
-    """The identity of one evaluation (:data:`IDENTITY`); ``rerank`` a RerankParams or None."""
-    return dict(checkpoint=os.path.abspath(path), dataset=args.dataset, trial=trial, mode=args.mode,
-                shot=args.shot, flip=bool(args.flip), img_h=img_hw[0], img_w=img_hw[1],
-                gallery_trials=args.gallery_trials or SPECS[args.dataset].gallery_trials, protocols=sorted(protocols),
+def evaluation_identity(settings: EvalSettings, checkpoint: str, protocols: List[str], rerank) -> Dict:
+    """The identity of one evaluation (:data:`IDENTITY`): the checkpoint file, the protocol run
+    ``settings`` (one mode; its trial and the input size evaluated at), the names of the protocols
+    evaluated and ``rerank`` (a RerankParams or None)."""
+    s = settings
+    return dict(checkpoint=os.path.abspath(checkpoint), dataset=s.dataset, trial=s.trial, mode=s.modes[0],
+                shot=s.shot, flip=bool(s.flip), img_h=s.img_h, img_w=s.img_w,
+                gallery_trials=s.gallery_trials or SPECS[s.dataset].gallery_trials, protocols=sorted(protocols),
                 rerank=None if rerank is None else {"k1": rerank.k1, "k2": rerank.k2, "lambda": rerank.lam})
 
 
-def name_suffix(settings: Dict, trained_hw, all_protocols: List[str]) -> str:
+def name_suffix(identity: Dict, trained_hw, all_protocols: List[str]) -> str:
     """``_shot10_64x32_flip_g3_thermal2visible``: the settings that differ from the defaults. Re-ranking
     only adds results to the plain ones, so it is not in the name; :func:`check_replace` keeps a file with
     re-ranked results from being replaced by one without (or with other parameters)."""
-    spec = SPECS[settings["dataset"]]
+    spec = SPECS[identity["dataset"]]
     parts = []
-    if settings["shot"] != 1:
-        parts.append(f"shot{settings['shot']}")
-    if (settings["img_h"], settings["img_w"]) != tuple(trained_hw):
-        parts.append(f"{settings['img_h']}x{settings['img_w']}")
-    if settings["flip"]:
+    if identity["shot"] != 1:
+        parts.append(f"shot{identity['shot']}")
+    if (identity["img_h"], identity["img_w"]) != tuple(trained_hw):
+        parts.append(f"{identity['img_h']}x{identity['img_w']}")
+    if identity["flip"]:
         parts.append("flip")
-    if spec.gallery_trials > 1 and settings["gallery_trials"] != spec.gallery_trials:
-        parts.append(f"g{settings['gallery_trials']}")
-    if spec.directions and settings["protocols"] != sorted(all_protocols):
-        parts.extend(settings["protocols"])
+    if spec.gallery_trials > 1 and identity["gallery_trials"] != spec.gallery_trials:
+        parts.append(f"g{identity['gallery_trials']}")
+    if spec.directions and identity["protocols"] != sorted(all_protocols):
+        parts.extend(identity["protocols"])
     return "".join("_" + p for p in parts)
 
 
-def result_path(args, settings: Dict, trained_hw, all_protocols: List[str]) -> str:
-    """Where one evaluation goes: ``--out`` (``<out>_trial<t>.json`` under ``--trial all``), else next to
-    the checkpoint, named by the dataset, mode, trial and :func:`name_suffix`."""
-    if args.out:
-        stem, ext = os.path.splitext(args.out)
-        return f"{stem}_trial{settings['trial']}{ext or '.json'}" if args.trial == "all" else args.out
-    spec = SPECS[settings["dataset"]]
-    name = spec.result_name(settings["mode"], settings["trial"]) + name_suffix(settings, trained_hw, all_protocols)
-    return os.path.join(os.path.dirname(settings["checkpoint"]), name + ".json")
+def result_path(identity: Dict, out: Optional[str], every_trial: bool, trained_hw, all_protocols: List[str]) -> str:
+    """Where one evaluation goes: ``out`` (--out; ``<out>_trial<t>.json`` when ``every_trial``, i.e.
+    ``--trial all``), else next to the checkpoint, named by the dataset, mode, trial and :func:`name_suffix`."""
+    if out:
+        stem, ext = os.path.splitext(out)
+        return f"{stem}_trial{identity['trial']}{ext or '.json'}" if every_trial else out
+    spec = SPECS[identity["dataset"]]
+    name = spec.result_name(identity["mode"], identity["trial"]) + name_suffix(identity, trained_hw, all_protocols)
+    return os.path.join(os.path.dirname(identity["checkpoint"]), name + ".json")
 
 
 def identity_of(record: Dict) -> Dict:
@@ -67,7 +71,7 @@ def identity_of(record: Dict) -> Dict:
     return out
 
 
-def check_replace(path: str, settings: Dict, force: bool) -> None:
+def check_replace(path: str, identity: Dict, force: bool) -> None:
     """Refuse to overwrite ``path`` when it holds another evaluation (or is not a test.py result).
 
     Raises:
@@ -83,19 +87,20 @@ def check_replace(path: str, settings: Dict, force: bool) -> None:
     if not isinstance(old, dict) or "results" not in old and "mean" not in old:
         raise DataError(f"{path} exists and is not a test.py result; choose another --out or pass --force to "
                         "replace it")
-    mine, theirs = {k: settings.get(k) for k in IDENTITY}, identity_of(old)
+    mine, theirs = {k: identity.get(k) for k in IDENTITY}, identity_of(old)
     diff = next((k for k in IDENTITY if mine[k] != theirs[k]), None)
     if diff is not None:
         raise DataError(f"{path} holds another evaluation ({diff} {theirs[diff]!r}, now {mine[diff]!r}); "
                         "choose another --out or pass --force to replace it")
 
 
-def summary_path(args, paths: List[str]) -> str:
-    """Where ``--trial all`` writes the mean over the trials: ``--out``, else the checkpoints' common folder."""
-    if args.out:
-        return args.out
+def summary_path(out: Optional[str], dataset: str, paths: List[str]) -> str:
+    """Where ``--trial all`` writes the mean over the trials: ``out`` (--out), else the checkpoints'
+    (``paths``) common folder."""
+    if out:
+        return out
     folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    return os.path.join(folder, f"test_{args.dataset}_alltrials.json")
+    return os.path.join(folder, f"test_{dataset}_alltrials.json")
 
 
 def trial_summary(records: Dict[int, Dict], pattern: str, files: Dict[int, str]) -> Dict:

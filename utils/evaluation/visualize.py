@@ -8,7 +8,8 @@ rule, an optional note such as the gallery trial), the CMC plot one entry per cu
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -49,13 +50,42 @@ def _framed_thumb(path: str, thumb: Tuple[int, int], color) -> Image.Image:
     return cell
 
 
-def _top_k(distmat: np.ndarray, q: int, topk: int, q_pids, g_pids, q_camids, g_camids,
-           removal: str) -> np.ndarray:
+@dataclass(frozen=True)
+class SplitImages:
+    """The images of one query/gallery split as a rank grid shows them.
+
+    Attributes:
+        query_paths, gallery_paths: image files, length Q and G.
+        q_pids, g_pids: (Q,), (G,) identities; a gallery frame is MATCH_COLOR (green) when the
+            identity equals the query's, else MISMATCH_COLOR (red).
+        q_camids, g_camids: optional (Q,), (G,) camera ids; when both are given, the protocol's ``removal``
+            rule (utils.evaluation.metrics.kept_gallery) drops items from the lists: by default SYSU's
+            (camera-2 images for camera-3 queries, method.md H.2); LLCM's is "same_id_same_camera".
+    """
+
+    query_paths: Sequence[str]
+    gallery_paths: Sequence[str]
+    q_pids: Any
+    g_pids: Any
+    q_camids: Any = None
+    g_camids: Any = None
+    removal: str = "sysu_same_room"
+
+    @property
+    def with_cameras(self) -> bool:
+        """Whether the removal rule applies (both camera lists given)."""
+        return self.q_camids is not None and self.g_camids is not None
+
+
+def _top_k(distmat: np.ndarray, q: int, topk: int, images: SplitImages) -> np.ndarray:
     """Gallery indices of the first ``topk`` ranked items of query ``q`` (stable ranking, with
-    the protocol's ``removal`` applied when camera ids are given)."""
+    the protocol's removal rule applied when camera ids are given)."""
     order = stable_argsort(distmat[q:q + 1])[0]
-    if q_camids is not None and g_camids is not None:
-        order = order[kept_gallery(removal, q_pids[q], q_camids[q], g_pids, np.asarray(g_camids))[order]]
+    if images.with_cameras:
+        q_pids = np.asarray(images.q_pids)
+        keep = kept_gallery(images.removal, q_pids[q], np.asarray(images.q_camids)[q], np.asarray(images.g_pids),
+                            np.asarray(images.g_camids))
+        order = order[keep[order]]
     return order[:topk]
 
 
@@ -95,26 +125,18 @@ def _draw_legend(grid: Image.Image, top: int, lines, font) -> None:
             draw.text((x, y - 1), text, fill=TEXT_COLOR, font=font)
 
 
-def save_rank_grid(path: str, query_paths: Sequence[str], gallery_paths: Sequence[str],
-                   distmat, q_pids, g_pids, num_queries: int, topk: int = 10,
-                   q_camids=None, g_camids=None, seed: int = 0,
-                   thumb: Tuple[int, int] = (128, 64), removal: str = "sysu_same_room",
-                   note: Optional[str] = None) -> str:
+def save_rank_grid(path: str, images: SplitImages, distmat, num_queries: int, topk: int = 10, seed: int = 0,
+                   thumb: Tuple[int, int] = (128, 64), note: Optional[str] = None) -> str:
     """Write a PNG grid of ranked lists: one row per query, query image then its top-k gallery,
     with a legend band underneath.
 
     Args:
         path: output PNG file (parent folders are created).
-        query_paths, gallery_paths: image files, length Q and G.
+        images: the Q query and G gallery images, their identities, cameras and removal rule.
         distmat: (Q, G) distances, smaller = closer (ranked with ties -> lower gallery index).
-        q_pids, g_pids: (Q,), (G,) identities; a gallery frame is MATCH_COLOR (green) when the
-            identity equals the query's, else MISMATCH_COLOR (red).
         num_queries: rows to draw; min(num_queries, Q) queries are drawn at random without
             replacement (``seed``) and shown in increasing query index.
         topk: gallery images per row; cells stay BACKGROUND when fewer items are kept.
-        q_camids, g_camids: optional camera ids; when both are given, the protocol's ``removal``
-            rule (utils.evaluation.metrics.kept_gallery) drops items from the lists: by default SYSU's (camera-2
-            images for camera-3 queries, method.md H.2); LLCM's is "same_id_same_camera".
         thumb: (height, width) of every thumbnail, without the frame.
         note: an extra legend line (e.g. which dataset, protocol and gallery trial is shown).
 
@@ -123,10 +145,10 @@ def save_rank_grid(path: str, query_paths: Sequence[str], gallery_paths: Sequenc
     rule (when cameras are given) and ``note``, wrapped to the width. Returns ``path``.
     """
     d = np.asarray(distmat.detach().cpu().numpy() if hasattr(distmat, "detach") else distmat)
-    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
-    if d.ndim != 2 or d.shape != (len(query_paths), len(gallery_paths)):
-        raise ValueError(f"distmat shape {d.shape} does not match {len(query_paths)} query_paths "
-                         f"x {len(gallery_paths)} gallery_paths")
+    q_pids, g_pids = np.asarray(images.q_pids), np.asarray(images.g_pids)
+    if d.ndim != 2 or d.shape != (len(images.query_paths), len(images.gallery_paths)):
+        raise ValueError(f"distmat shape {d.shape} does not match {len(images.query_paths)} query_paths "
+                         f"x {len(images.gallery_paths)} gallery_paths")
     if len(q_pids) != d.shape[0] or len(g_pids) != d.shape[1]:
         raise ValueError("q_pids / g_pids lengths must match the distmat rows / columns")
     if num_queries < 1 or topk < 1:
@@ -136,16 +158,15 @@ def save_rank_grid(path: str, query_paths: Sequence[str], gallery_paths: Sequenc
     cell_w, cell_h = thumb[1] + 2 * FRAME, thumb[0] + 2 * FRAME
     width = (topk + 1) * cell_w + GAP
     font = ImageFont.load_default()
-    with_cams = q_camids is not None and g_camids is not None
-    lines = _legend_layout(legend_items(removal if with_cams else None, note), width, font)
+    lines = _legend_layout(legend_items(images.removal if images.with_cameras else None, note), width, font)
     grid = Image.new("RGB", (width, len(chosen) * cell_h + LINE_H * len(lines)), BACKGROUND)
     for row, q in enumerate(chosen):
         y = row * cell_h
-        grid.paste(_framed_thumb(query_paths[q], thumb, QUERY_COLOR), (0, y))
-        for col, g in enumerate(_top_k(d, int(q), topk, q_pids, g_pids, q_camids, g_camids, removal)):
+        grid.paste(_framed_thumb(images.query_paths[q], thumb, QUERY_COLOR), (0, y))
+        for col, g in enumerate(_top_k(d, int(q), topk, images)):
             color = MATCH_COLOR if g_pids[g] == q_pids[q] else MISMATCH_COLOR
             x = GAP + (col + 1) * cell_w
-            grid.paste(_framed_thumb(gallery_paths[g], thumb, color), (x, y))
+            grid.paste(_framed_thumb(images.gallery_paths[g], thumb, color), (x, y))
     _draw_legend(grid, len(chosen) * cell_h, lines, font)
     _ensure_parent(path)
     grid.save(path, format="PNG")
@@ -203,5 +224,5 @@ def save_cmc_curve(path: str, cmc_by_name: Dict[str, np.ndarray], title: str,
     return path
 
 
-__all__ = ["save_rank_grid", "save_cmc_curve", "legend_items", "FRAME", "GAP", "LINE_H", "SWATCH",
+__all__ = ["SplitImages", "save_rank_grid", "save_cmc_curve", "legend_items", "FRAME", "GAP", "LINE_H", "SWATCH",
            "MATCH_COLOR", "MISMATCH_COLOR", "QUERY_COLOR", "BACKGROUND", "REMOVAL_TEXT"]

@@ -1,8 +1,8 @@
 """Observers of training events: how tests and tools watch a run without code of their own in it.
 
-``OBSERVERS`` is the process's registry and is empty unless a caller adds to it (the distributed
-tests add a recorder from a ``sitecustomize`` module they put on ``PYTHONPATH``). Training code
-notifies it at named points; with no observer nothing is computed or written.
+A run's :class:`Observers` are given to it by its caller (``run_stage1(settings, observers)``) and
+carried in its run context (``ctx.observers``); by default there are none. Training code notifies
+them at named points; with no observer nothing is computed or written.
 
 Events (every one carries ``rank``, ``stage`` = "stage1" | "stage2", ``phase`` = "intra" | "joint" |
 None and ``epoch``, 1-based, or None outside the epochs):
@@ -16,7 +16,7 @@ None and ``epoch``, 1-based, or None outside the epochs):
 """
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Callable, Iterable, List
 
 Observer = Callable[..., None]  # observer(event: str, **info)
 
@@ -24,8 +24,8 @@ Observer = Callable[..., None]  # observer(event: str, **info)
 class Observers:
     """An ordered list of observers; :meth:`notify` calls each with the event and its information."""
 
-    def __init__(self) -> None:
-        self._observers: List[Observer] = []
+    def __init__(self, observers: Iterable[Observer] = ()) -> None:
+        self._observers: List[Observer] = list(observers)
 
     def add(self, observer: Observer) -> None:
         self._observers.append(observer)
@@ -41,6 +41,3 @@ class Observers:
         only an observer needs (model digests, copies to the host) is computed only when observed."""
         for observer in list(self._observers):
             observer(event, **info)
-
-
-OBSERVERS = Observers()

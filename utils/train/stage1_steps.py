@@ -16,10 +16,11 @@ from data.samplers import RandomMultipleGallerySampler
 from memory.centroids import cluster_centroids, cross_modal_mask, mixed_centroids
 from memory.cluster_memory import ClusterMemory
 from model import input_memory_format
-from utils.device import AmpMode, autocast, replica_order, unwrap
+from utils.device import autocast, replica_order
+from utils.settings import CLUSTER_INTERPOLATION, ClusterSettings, MemorySettings, Stage1Batches, Stage1Settings
 
 
-def cluster_epoch(feats: Dict[str, torch.Tensor], args, joint: bool) -> Dict[str, np.ndarray]:
+def cluster_epoch(feats: Dict[str, torch.Tensor], cluster: ClusterSettings, joint: bool) -> Dict[str, np.ndarray]:
     """DBSCAN pseudo-labels of one epoch: per modality, plus the joint clustering in phase 2.
 
     Args:
@@ -28,13 +29,14 @@ def cluster_epoch(feats: Dict[str, torch.Tensor], args, joint: bool) -> Dict[str
         ``{"rgb": (N_rgb,), "ir": (N_ir,)[, "joint": (N_rgb + N_ir,)]}`` int64, -1 = outlier.
     """
     # The k-NN search runs where the features are: on the training GPU when they were extracted there.
-    labels = {m: pseudo_labels(feats[m], eps=args.eps, k1=args.k1, k2=args.k2, knn=args.knn,
-                               device=feats[m].device) for m in (RGB, IR)}
+    c = cluster
+    labels = {m: pseudo_labels(feats[m], eps=c.eps, k1=c.k1, k2=c.k2, knn=c.knn, device=feats[m].device)
+              for m in (RGB, IR)}
     if joint:
         both = torch.cat([feats[RGB], feats[IR]])
         modality = np.r_[np.zeros(len(feats[RGB]), np.int64), np.ones(len(feats[IR]), np.int64)]
-        labels["joint"] = pseudo_labels(both, eps=args.eps, k1=args.k1_joint, k2=args.k2_joint,
-                                        modality=modality, knn=args.knn, device=both.device)
+        labels["joint"] = pseudo_labels(both, eps=c.eps, k1=c.k1_joint, k2=c.k2_joint, modality=modality,
+                                        knn=c.knn, device=both.device)
     return labels
 
 
@@ -58,10 +60,11 @@ def clustering_report(labels: Dict[str, np.ndarray], n_rgb: int) -> Dict[str, fl
 
 
 def _modality_vector(n_rgb: int, n: int) -> torch.Tensor:
+    """(n,) int64: 0 for the first ``n_rgb`` rows (rgb), 1 for the rest (ir)."""
     return torch.cat([torch.zeros(n_rgb, dtype=torch.long), torch.ones(n - n_rgb, dtype=torch.long)])
 
 
-def build_memory(features: torch.Tensor, labels: np.ndarray, args, device,
+def build_memory(features: torch.Tensor, labels: np.ndarray, memory: MemorySettings, device,
                  modality: Optional[torch.Tensor] = None, world_size: int = 1) -> Optional[ClusterMemory]:
     """A cluster memory initialised with the (mixed) centroids, or None with fewer than 2 clusters.
 
@@ -78,8 +81,8 @@ def build_memory(features: torch.Tensor, labels: np.ndarray, args, device,
         return None
     cents = (cluster_centroids(features, lab, k) if modality is None
              else mixed_centroids(features, lab, modality.to(features.device), k))
-    mem = ClusterMemory(features.shape[1], k, temp=args.temp, momentum=args.momentum,
-                        use_hard=args.use_hard, world_size=world_size).to(device)
+    mem = ClusterMemory(features.shape[1], k, temp=memory.temp, momentum=memory.momentum,
+                        use_hard=memory.use_hard, world_size=world_size).to(device)
     mem.set_centroids(cents.to(device))
     return mem
 
@@ -92,37 +95,39 @@ def pass_length(labels: np.ndarray, num_instances: int) -> int:
     return int(np.where(counts > 1, num_instances, 1).sum())
 
 
-def train_loader(samples, labels: np.ndarray, transform, args, ctx, epoch: int, stream: int) -> Optional[DataLoader]:
-    """Loader of ``args.iters`` batches of P pseudo-ids x ``num_instances`` images (D.2 step 5) over
+def train_loader(samples, labels: np.ndarray, transform, settings: Stage1Settings, ctx, epoch: int,
+                 stream: int) -> Optional[DataLoader]:
+    """Loader of ``--iters`` batches of P pseudo-ids x ``--num-instances`` images (D.2 step 5) over
     ``samples`` with their (N,) pseudo-labels (-1 = outlier, never sampled); ``stream`` seeds its sampler.
 
     Returns None when the clustered samples cannot fill one batch (the epoch's training is skipped).
     """
-    if pass_length(labels, args.num_instances) < args.batch_size:
+    b, d = settings.batches, settings.data
+    if pass_length(labels, b.num_instances) < b.batch_size:
         return None
     sampler = RandomMultipleGallerySampler(
-        labels, cams_of(samples), batch_size=args.batch_size, num_instances=args.num_instances,
-        num_batches=args.iters, camera_aware=not args.no_cam, seed=args.seed * 1000 + stream,
+        labels, cams_of(samples), batch_size=b.batch_size, num_instances=b.num_instances,
+        num_batches=b.iters, camera_aware=b.camera_aware, seed=settings.schedule.seed * 1000 + stream,
         rank=ctx.dist.rank, world_size=ctx.dist.world_size)
     sampler.set_epoch(epoch)
-    ds = ImageDataset(samples, transform, labels=labels, h=args.img_h, w=args.img_w,
-                      interpolation="bicubic", cache=ctx.cache(args, "bicubic"))
+    ds = ImageDataset(samples, transform, labels=labels, h=d.img_h, w=d.img_w,
+                      interpolation=CLUSTER_INTERPOLATION, cache=ctx.cache(CLUSTER_INTERPOLATION))
     # A new loader per epoch, not persistent workers: the labels change every epoch, and each new loader
     # seeds its workers' augmentation from the main RNG; persistent workers would continue their streams
     # and change the results (the price: the workers start once per epoch). Pinned batches let the copies
     # to the GPU overlap with compute (non_blocking in memory_step).
-    return DataLoader(ds, batch_sampler=sampler, num_workers=args.workers,
+    return DataLoader(ds, batch_sampler=sampler, num_workers=d.workers,
                       pin_memory=ctx.device.type == "cuda", persistent_workers=False)
 
 
 def memory_step(model, rgb_batch, ir_batch, mem_rgb, mem_ir, device,
-                amp: AmpMode = "off") -> Dict[str, torch.Tensor]:
+                amp: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
     """Losses of one iteration: NCE(M_rgb; both rgb views) + NCE(M_ir; ir) (method.md D.2 step 8, D.3 step 5).
 
     ``rgb_batch`` = ((view_a, view_b), labels, cams, idx) with views (B, 3, H, W) and labels (B,);
     ``ir_batch`` = (img (B', 3, H, W), labels (B',), cams, idx). Returns scalar ``loss_rgb`` (over the
     2B view rows) and ``loss_ir``.
-    In the joint phase both memories are the mixed memory. ``amp`` (an ``--amp`` value) autocasts the
+    In the joint phase both memories are the mixed memory. ``amp`` (the autocast dtype or None) autocasts the
     network's forward only: its features are cast to float32 before the memories (their softmax, their
     update in backward) see them.
     """
@@ -146,7 +151,7 @@ def memory_step(model, rgb_batch, ir_batch, mem_rgb, mem_ir, device,
     return {"loss_rgb": mem_rgb(feat[:n], torch.cat([y_rgb, y_rgb])), "loss_ir": loss_ir}
 
 
-def memories_step(feats, labels, args, ctx, joint: bool) -> Dict[str, Optional[ClusterMemory]]:
+def memories_step(feats, labels, memory: MemorySettings, ctx, joint: bool) -> Dict[str, Optional[ClusterMemory]]:
     """Step 2 (D.2 step 4, D.3 step 3): one cluster memory per modality initialised with its centroids,
     and in the joint phase the mixed memory of the joint clusters; None where fewer than 2 clusters.
 
@@ -154,31 +159,31 @@ def memories_step(feats, labels, args, ctx, joint: bool) -> Dict[str, Optional[C
     Returns ``{"rgb", "ir"[, "joint"]}`` memories of (K, D) unit centres.
     """
     world = ctx.dist.world_size
-    memories = {m: build_memory(feats[m], labels[m], args, ctx.device, world_size=world) for m in (RGB, IR)}
+    memories = {m: build_memory(feats[m], labels[m], memory, ctx.device, world_size=world) for m in (RGB, IR)}
     if joint:
         modality = _modality_vector(len(feats[RGB]), len(feats[RGB]) + len(feats[IR]))
-        memories["joint"] = build_memory(torch.cat([feats[RGB], feats[IR]]), labels["joint"], args, ctx.device,
+        memories["joint"] = build_memory(torch.cat([feats[RGB], feats[IR]]), labels["joint"], memory, ctx.device,
                                          modality=modality, world_size=world)
     return memories
 
 
-def loaders_step(data, labels, args, ctx, epoch: int, joint: bool) -> Dict[str, Optional[DataLoader]]:
+def loaders_step(data, labels, settings: Stage1Settings, ctx, epoch: int, joint: bool) -> Dict[str, Optional[DataLoader]]:
     """Step 3 (D.2 step 5): the loaders of P pseudo-ids x K images per modality; in the joint phase also
     the joint loaders, fed only by clusters that hold both modalities (D.3 step 4). None where the
     clustered images cannot fill a batch."""
     rgb_tf, ir_tf = data["transforms"]
-    loaders = {m: train_loader(data[m], labels[m], tf, args, ctx, epoch, i)
+    loaders = {m: train_loader(data[m], labels[m], tf, settings, ctx, epoch, i)
                for i, (m, tf) in enumerate(((RGB, rgb_tf), (IR, ir_tf)))}
     if joint:
         n_rgb, lab = len(data[RGB]), labels["joint"].copy()
         both = np.intersect1d(lab[:n_rgb][lab[:n_rgb] >= 0], lab[n_rgb:][lab[n_rgb:] >= 0])
         lab[~np.isin(lab, both)] = -1
-        loaders["joint_rgb"] = train_loader(data[RGB], lab[:n_rgb], rgb_tf, args, ctx, epoch, 2)
-        loaders["joint_ir"] = train_loader(data[IR], lab[n_rgb:], ir_tf, args, ctx, epoch, 3)
+        loaders["joint_rgb"] = train_loader(data[RGB], lab[:n_rgb], rgb_tf, settings, ctx, epoch, 2)
+        loaders["joint_ir"] = train_loader(data[IR], lab[n_rgb:], ir_tf, settings, ctx, epoch, 3)
     return loaders
 
 
-def trainable(memories, loaders, report, args, ctx, joint: bool, tag: str) -> bool:
+def trainable(memories, loaders, report, batches: Stage1Batches, ctx, joint: bool, tag: str) -> bool:
     """Whether this epoch's clustering supports training; warns (and drops the joint step when it alone
     cannot run) otherwise."""
     if joint and (memories["joint"] is None or loaders["joint_rgb"] is None or loaders["joint_ir"] is None):
@@ -187,8 +192,8 @@ def trainable(memories, loaders, report, args, ctx, joint: bool, tag: str) -> bo
         memories["joint"] = None
     if any(x is None for x in (memories[RGB], memories[IR], loaders[RGB], loaders[IR])):
         ctx.logger.warning(f"{tag} too few clusters to train (rgb {report['rgb_clusters']}, ir "
-                           f"{report['ir_clusters']} clusters; a batch needs {args.batch_size} images of "
-                           f"pseudo-ids x {args.num_instances}): training skipped this epoch. If this "
+                           f"{report['ir_clusters']} clusters; a batch needs {batches.batch_size} images of "
+                           f"pseudo-ids x {batches.num_instances}): training skipped this epoch. If this "
                            "persists, change --eps or --batch-size, or check the data")
         return False
     return True
@@ -197,8 +202,3 @@ def trainable(memories, loaders, report, args, ctx, joint: bool, tag: str) -> bo
 def current_lr(optimizer) -> float:
     """Learning rate of the first parameter group."""
     return float(optimizer.param_groups[0]["lr"])
-
-
-def model_num_classes(model) -> int:
-    """Classifier size of the (possibly wrapped) model."""
-    return int(unwrap(model).num_classes)

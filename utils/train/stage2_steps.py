@@ -1,7 +1,7 @@
 """Stage-2 building blocks (method.md F): pseudo-labels from MMLM, loaders, the three passes."""
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -13,8 +13,9 @@ from data.samplers import CrossModalIdentitySampler, FullPassSampler
 from memory.prototypes import PrototypeAccumulator
 from model.losses import batch_hard_triplet, intra_modality_loss, inter_modality_loss, soft_id_loss
 from model import input_memory_format
-from utils.device import AmpMode, autocast, replica_order
-from utils.distributed import gather_keep_grad
+from utils.device import autocast, replica_order
+from utils.distributed import gather_keep_grad, sum_over_ranks_
+from utils.settings import TEST_INTERPOLATION, DataSettings, LossSettings, Stage2Settings
 
 
 def stage2_lr(epoch: int, base: float) -> float:
@@ -32,10 +33,11 @@ def set_lr(optimizer, epoch: int, base: float) -> float:
     return lr
 
 
-def paired_dataset(data, transforms, args, cache) -> PairedDataset:
-    """(rgb two views, ir) pairs over the labelled training samples (lanczos pre-resize, F.2)."""
+def paired_dataset(data, transforms, images: DataSettings, cache) -> PairedDataset:
+    """(rgb two views, ir) pairs over the labelled training samples (lanczos pre-resize, F.2), at the
+    input size of ``images``; ``cache``: the matching pre-resized image cache or None."""
     rgb_tf, ir_tf = transforms
-    kw = dict(h=args.img_h, w=args.img_w, interpolation="lanczos", cache=cache)
+    kw = dict(h=images.img_h, w=images.img_w, interpolation=TEST_INTERPOLATION, cache=cache)
     return PairedDataset(ImageDataset(data["rgb"], rgb_tf, labels=data["labels_rgb"], **kw),
                          ImageDataset(data["ir"], ir_tf, labels=data["labels_ir"], **kw))
 
@@ -57,15 +59,16 @@ class _CurrentBatches:
         return len(self.sampler)
 
 
-def loader(dataset, sampler, args, device) -> DataLoader:
+def loader(dataset, sampler, ctx) -> DataLoader:
     """DataLoader over a batch sampler of (i_rgb, i_ir) pairs.
 
     With workers, one DataLoader per dataset is kept (``dataset.feed``) with persistent workers: stage 2
     makes three passes per epoch over the same dataset, and restarting the workers for each would cost
     their start-up every pass. Batches are pinned on CUDA for asynchronous copies.
     """
-    kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
-    if args.workers == 0:
+    workers = ctx.data.workers
+    kw = dict(num_workers=workers, pin_memory=ctx.device.type == "cuda")
+    if workers == 0:
         return DataLoader(dataset, batch_sampler=sampler, **kw)
     if getattr(dataset, "feed", None) is None:
         batches = _CurrentBatches()
@@ -74,18 +77,20 @@ def loader(dataset, sampler, args, device) -> DataLoader:
     return dataset.feed[0]
 
 
-def full_pass(data, args, ctx, epoch: int) -> FullPassSampler:
-    """Sampler of the warm-up and clean-probability passes: 24 unrelated pairs per batch."""
-    s = FullPassSampler(len(data["rgb"]), len(data["ir"]), batch_size=args.batch_ids * args.num_pos,
-                        seed=args.seed, rank=ctx.dist.rank, world_size=ctx.dist.world_size)
+def full_pass(data, settings: Stage2Settings, ctx, epoch: int) -> FullPassSampler:
+    """Sampler of the warm-up and clean-probability passes: batch_ids x num_pos unrelated pairs per batch."""
+    b = settings.batches
+    s = FullPassSampler(len(data["rgb"]), len(data["ir"]), batch_size=b.batch_ids * b.num_pos,
+                        seed=settings.schedule.seed, rank=ctx.dist.rank, world_size=ctx.dist.world_size)
     s.set_epoch(epoch)
     return s
 
 
-def identity_pass(data, args, ctx, epoch: int) -> CrossModalIdentitySampler:
+def identity_pass(data, settings: Stage2Settings, ctx, epoch: int) -> CrossModalIdentitySampler:
     """Sampler of the training and prototype passes: batch_ids x num_pos per modality."""
-    s = CrossModalIdentitySampler(data["labels_rgb"], data["labels_ir"], batch_ids=args.batch_ids,
-                                  num_pos=args.num_pos, seed=args.seed + 7, rank=ctx.dist.rank,
+    b = settings.batches
+    s = CrossModalIdentitySampler(data["labels_rgb"], data["labels_ir"], batch_ids=b.batch_ids,
+                                  num_pos=b.num_pos, seed=settings.schedule.seed + 7, rank=ctx.dist.rank,
                                   world_size=ctx.dist.world_size)
     s.set_epoch(epoch)
     return s
@@ -119,11 +124,11 @@ class Stage2Batch(NamedTuple):
         return torch.cat([self.labels_rgb, self.labels_rgb, self.labels_ir])
 
 
-def forward_batch(model, batch, device, amp: AmpMode = "off") -> Stage2Batch:
+def forward_batch(model, batch, device, amp: Optional[torch.dtype] = None) -> Stage2Batch:
     """One mixed forward of a loader batch ((view1, view2), labels, cams, idx, ir, labels, cams, idx):
     views and ir images (B, 3, H, W), labels and indices (B,).
 
-    ``amp`` (an ``--amp`` value) autocasts the network only; features and logits come back float32, so
+    ``amp`` (the autocast dtype or None) autocasts the network only; features and logits come back float32, so
     the losses, the prototypes and the clean-probability losses are computed in float32.
     """
     (v1, v2), y, _, i_rgb, t, z, _, i_ir = batch
@@ -155,7 +160,7 @@ def gather_outputs(o: Stage2Batch, dist) -> Stage2Batch:
     return Stage2Batch(logits=torch.cat([gather_keep_grad(x, dist) for x in blocks]), **out)
 
 
-def batch_losses(o: Stage2Batch, probs, protos, args, epoch: int) -> Dict[str, torch.Tensor]:
+def batch_losses(o: Stage2Batch, probs, protos, loss: LossSettings, epoch: int) -> Dict[str, torch.Tensor]:
     """L = L_id + L_tri + lambda_intra L_intra + lambda_inter L_inter (F.6), each term named (scalars).
 
     ``probs``: clean probabilities ``{"v1": (N_rgb,), "v2": (N_rgb,), "ir": (N_ir,)}``; ``protos``: last
@@ -163,15 +168,15 @@ def batch_losses(o: Stage2Batch, probs, protos, args, epoch: int) -> Dict[str, t
     """
     y3 = o.logit_labels()
     pa, pb, pt = probs["v1"][o.index_rgb], probs["v2"][o.index_rgb], probs["ir"][o.index_ir]
-    weights = torch.cat([pa, pb, pt]) if args.id_loss == "soft" else None
+    weights = torch.cat([pa, pb, pt]) if loss.id_loss == "soft" else None
     losses = {"id": soft_id_loss(o.logits, y3, weights),
-              "tri": batch_hard_triplet(torch.cat([o.rgb1, o.rgb2, o.ir]), y3, margin=args.margin)}
-    if args.intra_weight > 0:
-        losses["intra"] = args.intra_weight * intra_modality_loss(
+              "tri": batch_hard_triplet(torch.cat([o.rgb1, o.rgb2, o.ir]), y3, margin=loss.margin)}
+    if loss.intra_weight > 0:
+        losses["intra"] = loss.intra_weight * intra_modality_loss(
             o.rgb1, o.rgb2, o.ir, o.labels_rgb, o.labels_ir, pa, pb, pt, protos["v1"], protos["v2"], protos["ir"],
-            kind=args.intra_loss)
-    if args.inter_weight > 0 and epoch >= args.inter_start_epoch:
-        losses["inter"] = args.inter_weight * inter_modality_loss(o.rgb1, o.rgb2, o.ir, o.labels_rgb, o.labels_ir)
+            kind=loss.intra_loss)
+    if loss.inter_weight > 0 and epoch >= loss.inter_start_epoch:
+        losses["inter"] = loss.inter_weight * inter_modality_loss(o.rgb1, o.rgb2, o.ir, o.labels_rgb, o.labels_ir)
     return losses
 
 
@@ -192,7 +197,7 @@ def scatter_last_(target: torch.Tensor, index: torch.Tensor, values: torch.Tenso
 
 
 @torch.no_grad()
-def per_sample_losses(model, dataset, sampler, args, ctx, n_rgb: int, n_ir: int) -> Tuple[np.ndarray, ...]:
+def per_sample_losses(model, dataset, sampler, ctx, n_rgb: int, n_ir: int) -> Tuple[np.ndarray, ...]:
     """Clean-probability pass (F.5 step 1): per-sample CE of view1, view2 and ir, last visit wins.
 
     Runs in train mode under no_grad, as released (BatchNorm running statistics are updated).
@@ -203,8 +208,8 @@ def per_sample_losses(model, dataset, sampler, args, ctx, n_rgb: int, n_ir: int)
     model.train()
     dev = ctx.device
     loss = {k: torch.full((n,), -1.0, device=dev) for k, n in (("v1", n_rgb), ("v2", n_rgb), ("ir", n_ir))}
-    for batch in loader(dataset, sampler, args, dev):
-        o = forward_batch(model, batch, dev, args.amp)
+    for batch in loader(dataset, sampler, ctx):
+        o = forward_batch(model, batch, dev, ctx.amp)
         n = len(o.rgb1)
         ce = F.cross_entropy(o.logits, o.logit_labels(), reduction="none")
         rows = {"v1": (o.index_rgb, ce[:n]), "v2": (o.index_rgb, ce[n:2 * n]), "ir": (o.index_ir, ce[2 * n:])}
@@ -217,7 +222,7 @@ def per_sample_losses(model, dataset, sampler, args, ctx, n_rgb: int, n_ir: int)
 
 
 @torch.no_grad()
-def prototype_pass(model, dataset, sampler, probs, old, args, ctx) -> Dict[str, torch.Tensor]:
+def prototype_pass(model, dataset, sampler, probs, old, ctx) -> Dict[str, torch.Tensor]:
     """Prototype refresh (F.5 step 4): Σ p·f / count per class over a pass of the training batches.
 
     ``probs``: clean probabilities ``{"v1": (N_rgb,), "v2": (N_rgb,), "ir": (N_ir,)}``; ``old``: the
@@ -227,14 +232,10 @@ def prototype_pass(model, dataset, sampler, probs, old, args, ctx) -> Dict[str, 
     model.train()
     dev = ctx.device
     acc = {k: PrototypeAccumulator(old[k].shape[0], old[k].shape[1], device=dev) for k in old}
-    for batch in loader(dataset, sampler, args, dev):
-        o = forward_batch(model, batch, dev, args.amp)
+    for batch in loader(dataset, sampler, ctx):
+        o = forward_batch(model, batch, dev, ctx.amp)
         acc["v1"].add(o.rgb1.float(), o.labels_rgb, probs["v1"][o.index_rgb])
         acc["v2"].add(o.rgb2.float(), o.labels_rgb, probs["v2"][o.index_rgb])
         acc["ir"].add(o.ir.float(), o.labels_ir, probs["ir"][o.index_ir])
-    if ctx.dist.enabled:
-        import torch.distributed as tdist
-        for a in acc.values():
-            tdist.all_reduce(a.sums)
-            tdist.all_reduce(a.counts)
+    sum_over_ranks_([t for a in acc.values() for t in (a.sums, a.counts)], ctx.dist)
     return {k: acc[k].result(old[k]) for k in old}
