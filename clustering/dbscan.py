@@ -72,19 +72,6 @@ def pseudo_labels(features: ArrayLike, eps: float, k1: int = 30, k2: int = 6, mi
     return labels.astype(np.int64)
 
 
-def relabel_contiguous(labels: ArrayLike) -> np.ndarray:
-    """Map the non-negative labels to 0..K−1 keeping their sorted order; every negative label → −1.
-
-    Returns int64 (N,). Already contiguous labels are returned unchanged (as a copy).
-    """
-    lab = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    lab = lab.astype(np.int64).reshape(-1)
-    out = np.full(lab.shape, -1, dtype=np.int64)
-    valid = lab >= 0
-    _, out[valid] = np.unique(lab[valid], return_inverse=True)
-    return out
-
-
 def cluster_stats(labels: ArrayLike) -> dict:
     """Summary of a labelling (−1 = outlier).
 

@@ -33,7 +33,7 @@ import torch
 
 from .jaccard_weights import expansion_matrix, softmax_weights
 from .knn import ArrayLike, as_float_tensor, knn_table
-from .reciprocal import MAX_CELLS, _ragged_positions, expanded_sets
+from .reciprocal import MAX_CELLS, ragged_positions, expanded_sets
 
 # Upper bound on the number of (i, j, k) terms expanded at once in step 5.
 _MAX_TERMS = 1 << 22
@@ -73,7 +73,7 @@ def _min_sum_chunk(ctx: dict, r0: int, r1: int):
     v, n = ctx["v"], ctx["v"].shape[0]
     e = slice(v.indptr[r0], v.indptr[r1])
     cnt = ctx["counts"][e]
-    p = _ragged_positions(ctx["pos"][e], cnt)
+    p = ragged_positions(ctx["pos"][e], cnt)
     j = ctx["col_rows"][p]
     m = ctx["col_vals"][p]
     np.minimum(m, np.repeat(v.data[e], cnt), out=m)

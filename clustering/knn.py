@@ -4,7 +4,7 @@ The torch backend computes the Gram matrix block by block and keeps a running to
 O(N·k + chunk²) instead of O(N²). The Gram matrix is symmetric: only the blocks (a, b) with a <= b are
 multiplied and each block updates the running top-k of both its row block and its column block, which halves
 the FLOPs; off-diagonal blocks only merge the entries below the rows' current k-th distance (see
-``_knn_torch``). The faiss backend (optional dependency) uses an exact flat L2 index.
+``torch_knn``). The faiss backend (optional dependency) uses an exact flat L2 index.
 
 Conventions shared by both backends:
 * the distance is the squared L2 distance ||x_i||² + ||x_j||² − 2⟨x_i, x_j⟩ in float32 (the same expansion
@@ -15,7 +15,7 @@ Conventions shared by both backends:
   differ by a few ulps between Gram blocks of different shapes (BLAS picks other kernels), so exact
   duplicates would otherwise come out in an order that depends on ``chunk``, the CPU or the GPU: rows
   whose neighbour distances lie within rounding of each other are re-ranked by the directly computed
-  ||x_i − x_j||², which is exactly 0 for duplicates (see ``_rerank_near_ties``). The search keeps
+  ||x_i − x_j||², which is exactly 0 for duplicates (see ``rerank_near_ties``). The search keeps
   ``TIE_MARGIN`` neighbours beyond k until after that re-ranking, so the re-ranking also decides which
   tied candidates take the last of the k places (up to TIE_MARGIN tied candidates past the k-th).
 
@@ -27,8 +27,9 @@ the CPU path (up to exact ties, see above). Memory on the device: the features (
 (34,167 × 2048, k 40, chunk 4096) 280 MB + 185 MB + 22 MB, about 0.5 GB.
 
 Where things live: the public entry points (:func:`knn_search`, :func:`knn_table`, :func:`as_float_tensor`,
-:func:`exact_float32`) here; the blocked torch search in :mod:`clustering.knn_exact`, the near-tie
-re-ranking in :mod:`clustering.knn_ties`, the faiss backend in :mod:`clustering.knn_faiss`.
+:func:`exact_float32`) here; the blocked torch search (:func:`clustering.knn_exact.torch_knn`), the near-tie
+re-ranking (:func:`clustering.knn_ties.rerank_near_ties`) and the faiss backend
+(:func:`clustering.knn_faiss.faiss_knn`) in their modules, which only this module calls.
 """
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .knn_exact import _knn_torch
-from .knn_faiss import _faiss_index, _knn_faiss  # noqa: F401  (_faiss_index: tested through this module)
-from .knn_ties import _rerank_near_ties
+from .knn_exact import torch_knn
+from .knn_faiss import faiss_knn
+from .knn_ties import rerank_near_ties
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 # Neighbours searched beyond k before the near-tie re-ranking cuts the table to k (see knn_table).
@@ -90,13 +91,13 @@ def knn_table(x: torch.Tensor, k: int, knn: str = "torch", chunk: int = 4096):
         # decided by the exact re-ranking (direct distance, then index), not by the rounding of the Gram
         # block they came from, so block size and device do not change the table.
         with torch.no_grad(), exact_float32(x.device):
-            idx, dist, dots = _knn_torch(x, min(k + TIE_MARGIN, x.shape[0]), int(chunk))
+            idx, dist, dots = torch_knn(x, min(k + TIE_MARGIN, x.shape[0]), int(chunk))
         return idx[:, :k].contiguous(), dist[:, :k].contiguous(), dots[:, :k].contiguous()
     if knn == "faiss":
         k = min(int(k), x.shape[0])
-        idx, dist = (t.to(x.device) for t in _knn_faiss(x, min(k + TIE_MARGIN, x.shape[0])))
+        idx, dist = (t.to(x.device) for t in faiss_knn(x, min(k + TIE_MARGIN, x.shape[0])))
         # The same near-tie re-ranking as the torch backend, so both give the same table (their rounding differs).
-        _rerank_near_ties(x, (x * x).sum(dim=1), [dist, torch.zeros_like(dist), idx])
+        rerank_near_ties(x, (x * x).sum(dim=1), [dist, torch.zeros_like(dist), idx])
         return idx[:, :k].contiguous(), dist[:, :k].contiguous(), None
     raise ValueError(f"knn must be 'torch' or 'faiss', got {knn!r}")
 

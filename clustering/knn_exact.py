@@ -1,9 +1,10 @@
 """The torch backend of the exact k-NN search (see :mod:`clustering.knn` for the conventions): a blocked,
 symmetric Gram-matrix search that keeps a running top-k per row, and the merge primitives it uses.
 
-``_knn_torch`` tiles the upper triangle of the Gram matrix; off-diagonal blocks merge only the entries
-below the rows' current k-th distance (``_merge_sparse``) or, when too many pass, a dense top-k of the
-block (``_merge_dense``). Near-tied rows are re-ranked afterwards (:mod:`clustering.knn_ties`).
+:func:`torch_knn` (the search :mod:`clustering.knn` calls) tiles the upper triangle of the Gram matrix;
+off-diagonal blocks merge only the entries below the rows' current k-th distance (``_merge_sparse``) or,
+when too many pass, a dense top-k of the block (``_merge_dense``); :func:`mask_nonzero` finds the entries
+that pass. Near-tied rows are re-ranked afterwards (:func:`clustering.knn_ties.rerank_near_ties`).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Tuple
 
 import torch
 
-from .knn_ties import _rerank_near_ties
+from .knn_ties import rerank_near_ties
 
 
 def _block_topk(dist: torch.Tensor, dots: torch.Tensor, k: int, col_offset: int):
@@ -66,7 +67,7 @@ def _merge_dense(best, dist: torch.Tensor, dots: torch.Tensor, k: int, col_offse
                   tuple(t.reshape(-1) for t in new))
 
 
-def _mask_nonzero(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def mask_nonzero(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(rows, cols) of the True entries of a contiguous (R, C) bool mask, in row-major order.
 
     For sparse masks it is cheaper to find the non-zero 8-byte words of the mask first and only then the
@@ -95,7 +96,7 @@ def _tiles(start: int, stop: int, leaf: int):
     return lo[0] + hi[0], [(start, mid, mid, stop)] + lo[1] + hi[1]
 
 
-def _knn_torch(x: torch.Tensor, k: int, chunk: int):
+def torch_knn(x: torch.Tensor, k: int, chunk: int):
     """Blocked symmetric exact search; x (N, D) float32.
 
     The upper triangle of the Gram matrix is tiled with chunk-sized blocks; the diagonal blocks are split
@@ -135,11 +136,11 @@ def _knn_torch(x: torch.Tensor, k: int, chunk: int):
             _merge_dense([t[a:ea] for t in best], d, g, k, b)
             _merge_dense([t[b:eb] for t in best], d.t().contiguous(), g.t(), k, a)
             continue
-        r, c = _mask_nonzero(either)
+        r, c = mask_nonzero(either)
         va, vb = to_a[r, c], to_b[r, c]
         vals, dots = d[r, c], g[r, c]
         _merge_sparse([t[a:ea] for t in best], r[va], (vals[va], dots[va], c[va] + b))
         _merge_sparse([t[b:eb] for t in best], c[vb], (vals[vb], dots[vb], r[vb] + a))
     best[0][:, 0] = 0.0
-    _rerank_near_ties(x, sq, best)
+    rerank_near_ties(x, sq, best)
     return best[2], best[0].clamp_(min=0.0), best[1]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 
-def _rerank_near_ties(x: torch.Tensor, sq: torch.Tensor, best, rel_tol: float = 1e-5,
+def rerank_near_ties(x: torch.Tensor, sq: torch.Tensor, best, rel_tol: float = 1e-5,
                       max_floats: int = 1 << 24) -> None:
     """Re-sort, in place, the rows of ``best`` ([values, dots, indices], each (N, k)) whose consecutive
     neighbour distances differ by less than the rounding error of the Gram expansion, by the direct

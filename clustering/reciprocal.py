@@ -1,7 +1,7 @@
 """Steps 1 and 2 of the k-reciprocal Jaccard distance (see :mod:`clustering.jaccard` for the pipeline):
 the k-reciprocal neighbour sets R(i, k) and their expansion E(i), as CSR index arrays built from the
-(N, k1) neighbour table without Python loops over samples; plus the two ragged-array helpers that step 5
-(clustering/jaccard.py) uses as well.
+(N, k1) neighbour table without Python loops over samples; plus the ragged-array helper
+:func:`ragged_positions`, which step 5 (clustering/jaccard.py) uses as well.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 MAX_CELLS = 1 << 21
 
 
-def _ragged_positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def ragged_positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenation of arange(starts[e], starts[e] + counts[e]) over e, without a Python loop."""
     total = int(counts.sum())
     offsets = np.cumsum(counts) - counts
@@ -61,7 +61,7 @@ def expanded_sets(table: np.ndarray, k1: int, max_cells: int = MAX_CELLS) -> Tup
         i_loc, c = r_rows[pairs] - ra, r_idx[pairs]
         in_r[i_loc, c] = True
         cnt = h_len[c]
-        x = h_idx[_ragged_positions(h_ptr[c], cnt)]
+        x = h_idx[ragged_positions(h_ptr[c], cnt)]
         ti = np.repeat(i_loc, cnt)
         inside = in_r[ti, x]
         in_r[i_loc, c] = False

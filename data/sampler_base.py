@@ -1,6 +1,7 @@
-"""Shared machinery of the batch samplers (see :mod:`data.samplers`): argument checks and the
-rank-sliced base class that gives every sampler its (seed, epoch) determinism, its per-rank slice of each
-global batch and its length.
+"""Shared machinery of the batch samplers (see :mod:`data.samplers`), used by data/sampler_stage1.py and
+data/sampler_stage2.py: the argument checks (:func:`as_int_array`, :func:`check_positive`) and the
+rank-sliced base class (:class:`RankSlicedBatchSampler`) that gives every sampler its (seed, epoch)
+determinism, its per-rank slice of each global batch and its length.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 
-def _as_int_array(x: Sequence[int], name: str) -> np.ndarray:
+def as_int_array(x: Sequence[int], name: str) -> np.ndarray:
     """``x`` as a 1-D int64 array, or ValueError naming ``name``."""
     arr = np.asarray(x)
     if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
@@ -19,14 +20,14 @@ def _as_int_array(x: Sequence[int], name: str) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def _check_positive(**values: int) -> None:
+def check_positive(**values: int) -> None:
     """Raise ValueError for the first argument that is not a positive integer."""
     for name, v in values.items():
         if int(v) != v or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v}")
 
 
-class _RankSlicedBatchSampler(Sampler):
+class RankSlicedBatchSampler(Sampler):
     """Shared machinery: (seed, epoch) determinism, rank slicing, length.
 
     Subclasses implement :meth:`_global_batches`, returning an int array of shape
@@ -38,7 +39,7 @@ class _RankSlicedBatchSampler(Sampler):
     def __init__(self, global_batch: int, num_batches: int, seed: int, rank: int, world_size: int,
                  unit: int = 1, unit_name: str = ""):
         super().__init__()
-        _check_positive(world_size=world_size, num_batches=num_batches)
+        check_positive(world_size=world_size, num_batches=num_batches)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if int(seed) != seed or seed < 0:

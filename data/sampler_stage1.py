@@ -8,10 +8,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .sampler_base import _as_int_array, _check_positive, _RankSlicedBatchSampler
+from .sampler_base import as_int_array, check_positive, RankSlicedBatchSampler
 
 
-class RandomMultipleGallerySampler(_RankSlicedBatchSampler):
+class RandomMultipleGallerySampler(RankSlicedBatchSampler):
     """Stage-1 P x K sampler of one modality, camera aware (method.md D.2 step 5).
 
     One *pass* visits every pseudo-identity once, in random order, and emits for it one random anchor
@@ -39,13 +39,13 @@ class RandomMultipleGallerySampler(_RankSlicedBatchSampler):
     def __init__(self, labels: Sequence[int], cams: Optional[Sequence[int]], batch_size: int = 128,
                  num_instances: int = 16, num_batches: Optional[int] = None, camera_aware: bool = True,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
-        _check_positive(batch_size=batch_size, num_instances=num_instances)
-        labels = _as_int_array(labels, "labels")
+        check_positive(batch_size=batch_size, num_instances=num_instances)
+        labels = as_int_array(labels, "labels")
         if cams is None:
             if camera_aware:
                 raise ValueError("cams is required when camera_aware=True")
             cams = np.zeros_like(labels)
-        cams = _as_int_array(cams, "cams")
+        cams = as_int_array(cams, "cams")
         if cams.shape != labels.shape:
             raise ValueError(f"labels and cams differ in length ({labels.size} vs {cams.size})")
         self.num_instances, self.camera_aware = int(num_instances), bool(camera_aware)

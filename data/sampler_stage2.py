@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .sampler_base import _as_int_array, _check_positive, _RankSlicedBatchSampler
+from .sampler_base import as_int_array, check_positive, RankSlicedBatchSampler
 
 
 def _class_members(labels: np.ndarray, classes: np.ndarray):
@@ -26,7 +26,7 @@ def _class_members(labels: np.ndarray, classes: np.ndarray):
     return order, start, count
 
 
-class CrossModalIdentitySampler(_RankSlicedBatchSampler):
+class CrossModalIdentitySampler(RankSlicedBatchSampler):
     """Stage-2 identity sampler over paired modalities (method.md F.3, IdentitySampler).
 
     Each global batch has ``batch_ids`` distinct classes (drawn without replacement from the eligible
@@ -51,12 +51,12 @@ class CrossModalIdentitySampler(_RankSlicedBatchSampler):
     def __init__(self, labels_rgb: Sequence[int], labels_ir: Sequence[int], batch_ids: int = 6,
                  num_pos: int = 4, num_batches: Optional[int] = None, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
-        _check_positive(batch_ids=batch_ids, num_pos=num_pos, world_size=world_size)
+        check_positive(batch_ids=batch_ids, num_pos=num_pos, world_size=world_size)
         if batch_ids % world_size:
             raise ValueError(f"--batch-ids {batch_ids} must be a multiple of world_size ({world_size}), "
                              "so that every rank gets whole identities")
-        labels_rgb = _as_int_array(labels_rgb, "labels_rgb")
-        labels_ir = _as_int_array(labels_ir, "labels_ir")
+        labels_rgb = as_int_array(labels_rgb, "labels_rgb")
+        labels_ir = as_int_array(labels_ir, "labels_ir")
         self.batch_ids, self.num_pos = int(batch_ids), int(num_pos)
         self._eligible = self._choose_eligible(labels_rgb, labels_ir)
         self._rgb = _class_members(labels_rgb, self._eligible)
@@ -102,7 +102,7 @@ class CrossModalIdentitySampler(_RankSlicedBatchSampler):
         return np.stack(picked, axis=-1).reshape(self.num_batches, self.global_batch, 2)
 
 
-class FullPassSampler(_RankSlicedBatchSampler):
+class FullPassSampler(RankSlicedBatchSampler):
     """One pass over both modalities with unrelated (rgb, ir) pairs (method.md F.3, AllSampler).
 
     Warm-up epochs and clean-probability (GMM) pass. Each modality gets a list of length
@@ -118,7 +118,7 @@ class FullPassSampler(_RankSlicedBatchSampler):
 
     def __init__(self, n_rgb: int, n_ir: int, batch_size: int = 24, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
-        _check_positive(n_rgb=n_rgb, n_ir=n_ir, batch_size=batch_size)
+        check_positive(n_rgb=n_rgb, n_ir=n_ir, batch_size=batch_size)
         self.n_rgb, self.n_ir = int(n_rgb), int(n_ir)
         num_batches = math.ceil(max(self.n_rgb, self.n_ir) / batch_size)
         super().__init__(batch_size, num_batches, seed, rank, world_size)

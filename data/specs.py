@@ -27,7 +27,7 @@ class DatasetSpec:
         name: the key in :data:`SPECS` (``"sysu"``, ``"regdb"``, ``"llcm"``).
         display_name: how people write it (``"SYSU-MM01"``, ``"RegDB"``, ``"LLCM"``).
         eps: DBSCAN radius on the Jaccard distance (method.md D.1).
-        k1, k2: intra-modality Jaccard parameters.
+        k1: k1 of the intra-modality Jaccard distance (its k2 is 6 for every dataset, the --k2 default).
         k1_joint, k2_joint: modality-balanced Jaccard parameters of the joint phase (D.3).
         iters: stage-1 iterations per epoch (released README).
         has_trials: RegDB needs ``--trial 1..10`` (one training run per split).
@@ -37,7 +37,6 @@ class DatasetSpec:
         directions: result names of the (visible -> infrared, infrared -> visible) searches; empty for
             SYSU, which is searched infrared -> visible only and names its results by mode.
         removal: gallery removal rule of the metric (one of the REMOVE_* constants).
-        distinct_cmc: CMC over the distinct-identity ranked list (SYSU, LLCM) or the plain one (RegDB).
         real_counts: (name, count) pairs of the real dataset, for ``scripts/inspect_dataset.py``.
         train_lists, test_lists: the files that define the training images and the test protocol, for
             messages (``{trial}`` stands for the RegDB trial).
@@ -47,7 +46,6 @@ class DatasetSpec:
     display_name: str
     eps: float
     k1: int
-    k2: int
     k1_joint: int
     k2_joint: int
     iters: int
@@ -57,7 +55,6 @@ class DatasetSpec:
     gallery_trials: int
     directions: Tuple[str, ...]
     removal: str
-    distinct_cmc: bool
     real_counts: Tuple[Tuple[str, int], ...]
     train_lists: str = ""
     test_lists: str = ""
@@ -79,40 +76,29 @@ class DatasetSpec:
 
 SPECS = {
     "sysu": DatasetSpec(
-        name="sysu", display_name="SYSU-MM01", eps=0.6, k1=30, k2=6, k1_joint=40, k2_joint=32, iters=200,
+        name="sysu", display_name="SYSU-MM01", eps=0.6, k1=30, k1_joint=40, k2_joint=32, iters=200,
         has_trials=False, eval_modes=("all", "indoor"), shots=(1, 10), gallery_trials=10, directions=(),
-        removal=REMOVE_SYSU_SAME_ROOM, distinct_cmc=True,
+        removal=REMOVE_SYSU_SAME_ROOM,
         real_counts=(("train_rgb_images", 22258), ("train_ir_images", 11909), ("train_ids", 395),
                      ("query_images", 3803), ("gallery_images_all", 301), ("gallery_images_indoor", 112)),
         train_lists="exp/train_id.txt and exp/val_id.txt", test_lists="exp/test_id.txt"),
     "regdb": DatasetSpec(
-        name="regdb", display_name="RegDB", eps=0.3, k1=30, k2=6, k1_joint=38, k2_joint=18, iters=100,
+        name="regdb", display_name="RegDB", eps=0.3, k1=30, k1_joint=38, k2_joint=18, iters=100,
         has_trials=True, eval_modes=("all",), shots=(1,), gallery_trials=1,
-        directions=("visible2thermal", "thermal2visible"), removal=REMOVE_NONE, distinct_cmc=False,
+        directions=("visible2thermal", "thermal2visible"), removal=REMOVE_NONE,
         real_counts=(("train_rgb_images", 2060), ("train_ir_images", 2060), ("test_rgb_images", 2060),
                      ("test_ir_images", 2060), ("train_ids", 206), ("test_ids", 206)),
         train_lists="idx/train_visible_{trial}.txt and idx/train_thermal_{trial}.txt",
         test_lists="idx/test_visible_{trial}.txt and idx/test_thermal_{trial}.txt"),
     "llcm": DatasetSpec(
-        name="llcm", display_name="LLCM", eps=0.6, k1=25, k2=6, k1_joint=40, k2_joint=32, iters=200,
+        name="llcm", display_name="LLCM", eps=0.6, k1=25, k1_joint=40, k2_joint=32, iters=200,
         has_trials=False, eval_modes=("all",), shots=(1,), gallery_trials=10,
         directions=("visible2infrared", "infrared2visible"), removal=REMOVE_SAME_ID_SAME_CAM,
-        distinct_cmc=True,
         # dataset_layouts.md section 4; the query and gallery sizes are not stated by any source
         real_counts=(("train_rgb_images", 16946), ("train_ir_images", 13975), ("train_ids", 713),
                      ("test_ids", 351)),
         train_lists="idx/train_vis.txt and idx/train_nir.txt", test_lists="idx/test_id.txt"),
 }
-
-
-def get_spec(name: str) -> DatasetSpec:
-    """The :class:`DatasetSpec` for ``name`` (a key of :data:`SPECS`)."""
-    from .sample import DataError
-
-    try:
-        return SPECS[name]
-    except KeyError:
-        raise DataError(f"--dataset must be one of {sorted(SPECS)}, got {name!r}") from None
 
 
 def resolve_directions(spec: DatasetSpec, requested) -> Tuple[int, ...]:

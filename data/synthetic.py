@@ -1,30 +1,27 @@
 """Synthetic visible-infrared re-ID data, written in the exact raw SYSU-MM01 and RegDB layouts.
 
 No real data exist on the development machine, so the demo and the tests run on this. A person is
-drawn from an :class:`Identity`: body shape, clothing pattern and accessories survive in infrared;
-garment colours exist only in visible images. Infrared intensities of the garments are separate
+drawn from an ``Identity`` (:mod:`data.synthetic_render`): body shape, clothing pattern and accessories
+survive in infrared; garment colours exist only in visible images. Infrared intensities of the garments are separate
 identity attributes (independent of hue, only weakly tied to lightness), so grayscale is no shortcut.
 Every random choice comes from ``numpy.random.default_rng([seed, ...keys])`` so a given seed gives
 the same bytes regardless of generation order. Drawing (people, cameras, poses, :func:`render`) lives
-in :mod:`data.synthetic_render`; this module writes the layouts. Entry point: ``scripts/make_synthetic.py``.
+in :mod:`data.synthetic_render`; this module writes the layouts (with the helpers of
+:mod:`data.synthetic_base`, shared with the LLCM writer). Entry point: ``scripts/make_synthetic.py``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 import sys
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from .sample import DataError
-# drawing code, re-exported so callers keep importing it from here
-from .synthetic_render import (IR_LIGHTNESS, PARTS, Camera, Identity, Pose,  # noqa: F401
-                               make_camera, make_identity, make_pose, render)
+from .synthetic_base import check_image_args, identity_numbers, prepare_root, rng_stream, save_image, write_json
+from .synthetic_render import make_camera, make_identity, make_pose, render
 
 RGB_CAMS = (1, 2, 4, 5)
 IR_CAMS = (3, 6)
@@ -33,46 +30,6 @@ SYSU_OWNED = tuple(f"cam{c}" for c in range(1, 7)) + ("exp", "synthetic_manifest
 REGDB_OWNED = ("Visible", "Thermal", "idx", "synthetic_manifest.json")
 _SYSU, _REGDB = 1, 2            # rng key namespaces, so the two layouts draw independent people
 _TRIALS = 10
-
-
-def _rng(seed: int, *keys: int) -> np.random.Generator:
-    """A generator for one named stream; keys make streams independent of generation order."""
-    return np.random.default_rng([int(seed), *(int(k) for k in keys)])
-
-
-def _prepare_root(root: str, force: bool, owned: Tuple[str, ...]) -> None:
-    """Refuse a non-empty ``root`` unless ``force``; with ``force`` remove only what we generate."""
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise DataError(f"--out {root} exists and is not a folder")
-    if os.path.isdir(root) and os.listdir(root):
-        if not force:
-            raise DataError(f"--out {root} is not empty; pass --force to regenerate into it or choose another folder")
-        for name in owned:
-            path = os.path.join(root, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-    os.makedirs(root, exist_ok=True)
-
-
-def _check_args(seed: int, height: int, width: int) -> None:
-    if seed < 0:
-        raise DataError(f"--seed must be >= 0, got {seed}")
-    if height < 32 or width < 16:
-        raise DataError(f"--img-h/--img-w must be at least 32/16, got {height}/{width}")
-
-
-def _save(img: np.ndarray, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # JPEG quality is fixed so bytes are reproducible; BMP is written as 24-bit RGB
-    Image.fromarray(img, "RGB").save(path, **({"quality": 92} if path.endswith(".jpg") else {}))
-
-
-def _write_json(path: str, obj: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
 
 
 def _sysu_cams(rng: np.random.Generator, test_index: Optional[int]) -> List[int]:
@@ -94,12 +51,8 @@ def plan_sysu(ids: int, seed: int, images_per_cam: Tuple[int, int] = (3, 6)) -> 
     Returns {"train", "val", "test", "extra": sorted id lists, "images": {(pid, cam): count}}.
     """
     lo, hi = images_per_cam
-    if ids < 5:
-        raise DataError(f"--ids must be at least 5 for the SYSU layout (2 train, 1 val, 2 test), got {ids}")
-    if not 1 <= lo <= hi <= 9999:
-        raise DataError(f"--images-per-cam needs 1 <= A <= B <= 9999, got {lo} {hi}")
-    rng = _rng(seed, _SYSU, 0)
-    numbers = [int(x) for x in rng.choice(np.arange(1, 3 * ids + 3), size=ids + 2, replace=False)]
+    rng, numbers = identity_numbers(seed, _SYSU, ids, images_per_cam, 5, "SYSU layout (2 train, 1 val, 2 test)",
+                                    9999)
     valid = [int(x) for x in rng.permutation(numbers[:ids])]
     n_test, n_val = max(2, round(0.25 * ids)), max(1, round(0.15 * ids))
     plan = {"test": sorted(valid[:n_test]), "val": sorted(valid[n_test:n_test + n_val]),
@@ -130,23 +83,23 @@ def _sysu_counts(written: Dict[Tuple[int, int], int], plan: dict) -> dict:
 def generate_sysu(root: str, ids: int, seed: int, height: int = 128, width: int = 64,
                   images_per_cam: Tuple[int, int] = (3, 6), force: bool = False, verbose: bool = False) -> dict:
     """Write a synthetic SYSU-MM01 tree (cam1..cam6/IIII/NNNN.jpg, exp/*.txt) and its manifest."""
-    _check_args(seed, height, width)
+    check_image_args(seed, height, width)
     plan = plan_sysu(ids, seed, images_per_cam)
-    _prepare_root(root, force, SYSU_OWNED)
-    cams = {c: make_camera(_rng(seed, _SYSU, 1, c), ir=c in IR_CAMS, outdoor=c in (4, 5, 6)) for c in range(1, 7)}
+    prepare_root(root, force, SYSU_OWNED)
+    cams = {c: make_camera(rng_stream(seed, _SYSU, 1, c), ir=c in IR_CAMS, outdoor=c in (4, 5, 6)) for c in range(1, 7)}
     # cam3 is the dark infrared camera in the same room as cam2: same floor line and wall texture layout
     cams[3] = dataclasses.replace(cams[3], floor=cams[2].floor, texture=(cams[3].texture[0],) + cams[2].texture[1:])
     people = sorted({p for p, _ in plan["images"]})
     written: Dict[Tuple[int, int], int] = {}
     for pid in tqdm(people, desc="sysu ids", file=sys.stderr, disable=not verbose):
-        person = make_identity(_rng(seed, _SYSU, 3, pid))
+        person = make_identity(rng_stream(seed, _SYSU, 3, pid))
         for (p, c), count in plan["images"].items():
             if p != pid:
                 continue
             for n in range(1, count + 1):
-                rng = _rng(seed, _SYSU, 2, pid, c, n)
+                rng = rng_stream(seed, _SYSU, 2, pid, c, n)
                 img = render(person, cams[c], make_pose(rng, height, width), rng, height, width)
-                _save(img, os.path.join(root, f"cam{c}", "%04d" % pid, "%04d.jpg" % n))
+                save_image(img, os.path.join(root, f"cam{c}", "%04d" % pid, "%04d.jpg" % n))
             written[(pid, c)] = count
     os.makedirs(os.path.join(root, "exp"), exist_ok=True)
     lists = {"train": plan["train"], "val": plan["val"], "test": plan["test"],
@@ -157,21 +110,21 @@ def generate_sysu(root: str, ids: int, seed: int, height: int = 128, width: int 
     manifest = {"layout": "sysu", "seed": seed, "ids": ids, "image_size": {"height": height, "width": width},
                 "images_per_cam": list(images_per_cam), "split": {k: plan[k] for k in ("train", "val", "test")},
                 "extra_ids": plan["extra"], "counts": _sysu_counts(written, plan)}
-    _write_json(os.path.join(root, "synthetic_manifest.json"), manifest)
+    write_json(os.path.join(root, "synthetic_manifest.json"), manifest)
     return manifest
 
 
 def _regdb_images(root: str, ids: int, seed: int, size: Tuple[int, int], per_id: int, verbose: bool) -> dict:
     """Render every person's visible/thermal pairs; returns pid -> [(visible, thermal) relative paths]."""
     height, width = size
-    frames = _rng(seed, _REGDB, 0).choice(min(100000, max(10000, 4 * ids * per_id)), (ids, per_id), replace=False)
-    cams = {"v": make_camera(_rng(seed, _REGDB, 1, 1), ir=False, outdoor=True),
-            "t": make_camera(_rng(seed, _REGDB, 1, 2), ir=True, outdoor=True)}
+    frames = rng_stream(seed, _REGDB, 0).choice(min(100000, max(10000, 4 * ids * per_id)), (ids, per_id), replace=False)
+    cams = {"v": make_camera(rng_stream(seed, _REGDB, 1, 1), ir=False, outdoor=True),
+            "t": make_camera(rng_stream(seed, _REGDB, 1, 2), ir=True, outdoor=True)}
     files = {}
     for pid in tqdm(range(1, ids + 1), desc="regdb ids", file=sys.stderr, disable=not verbose):
-        person, files[pid] = make_identity(_rng(seed, _REGDB, 3, pid)), []
+        person, files[pid] = make_identity(rng_stream(seed, _REGDB, 3, pid)), []
         for k, frame in enumerate(sorted(int(f) for f in frames[pid - 1])):
-            rng = _rng(seed, _REGDB, 2, pid, k)
+            rng = rng_stream(seed, _REGDB, 2, pid, k)
             pose = make_pose(rng, height, width)
             # dual-camera capture: same pose and view, but the thermal sensor is not exactly aligned
             poses = {"v": pose, "t": dataclasses.replace(pose, dx=pose.dx + rng.uniform(-0.04, 0.04) * width,
@@ -179,7 +132,7 @@ def _regdb_images(root: str, ids: int, seed: int, size: Tuple[int, int], per_id:
             view, pair = "back" if pose.back else "front", []
             for folder, tag in (("Visible", "v"), ("Thermal", "t")):
                 rel = f"{folder}/{pid}/{person.gender}_{view}_{tag}_{frame:05d}_{pid}.bmp"
-                _save(render(person, cams[tag], poses[tag], rng, height, width), os.path.join(root, rel))
+                save_image(render(person, cams[tag], poses[tag], rng, height, width), os.path.join(root, rel))
                 pair.append(rel)
             files[pid].append(tuple(pair))
     return files
@@ -188,16 +141,16 @@ def _regdb_images(root: str, ids: int, seed: int, size: Tuple[int, int], per_id:
 def generate_regdb(root: str, ids: int, seed: int, height: int = 128, width: int = 64, images_per_id: int = 10,
                    force: bool = False, verbose: bool = False) -> dict:
     """Write a synthetic RegDB tree (Visible/, Thermal/, idx/ with 10 trials) and its manifest."""
-    _check_args(seed, height, width)
+    check_image_args(seed, height, width)
     if ids < 4 or not 1 <= images_per_id <= 1000 or ids * images_per_id > 100000:
         raise DataError(f"RegDB needs --ids >= 4 and 1 <= --images-per-id <= 1000 (ids x images <= 100000), "
                         f"got {ids} and {images_per_id}")
-    _prepare_root(root, force, REGDB_OWNED)
+    prepare_root(root, force, REGDB_OWNED)
     files = _regdb_images(root, ids, seed, (height, width), images_per_id, verbose)
     os.makedirs(os.path.join(root, "idx"), exist_ok=True)
     trials = {}
     for t in range(1, _TRIALS + 1):
-        order = [int(p) for p in _rng(seed, _REGDB, 4, t).permutation(np.arange(1, ids + 1))]
+        order = [int(p) for p in rng_stream(seed, _REGDB, 4, t).permutation(np.arange(1, ids + 1))]
         counts = {}
         for part, people in (("train", order[:ids // 2]), ("test", order[ids // 2:])):
             counts[f"{part}_ids"] = len(people)
@@ -211,5 +164,5 @@ def generate_regdb(root: str, ids: int, seed: int, height: int = 128, width: int
     manifest = {"layout": "regdb", "seed": seed, "ids": ids, "image_size": {"height": height, "width": width},
                 "images_per_id": images_per_id,
                 "counts": {"rgb_images": ids * images_per_id, "ir_images": ids * images_per_id, "trials": trials}}
-    _write_json(os.path.join(root, "synthetic_manifest.json"), manifest)
+    write_json(os.path.join(root, "synthetic_manifest.json"), manifest)
     return manifest

@@ -21,8 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .llcm import NIR_CAMS, TEST_DIRS, TRAIN_LISTS, VIS_CAMS
-from .sample import IR, RGB, DataError
-from .synthetic import _check_args, _prepare_root, _rng, _save, _write_json
+from .sample import IR, RGB
+from .synthetic_base import check_image_args, identity_numbers, prepare_root, rng_stream, save_image, write_json
 from .synthetic_render import make_camera, make_identity, make_pose, render
 
 LLCM_OWNED = ("idx", "vis", "nir", "test_vis", "test_nir", "synthetic_manifest.json")
@@ -51,12 +51,7 @@ def plan_llcm(ids: int, seed: int, images_per_cam: Tuple[int, int] = (2, 4)) -> 
     "images": {(pid, modality, cam): count}, "empty": (modality, cam, pid) of an empty test folder}.
     """
     lo, hi = images_per_cam
-    if ids < 6:
-        raise DataError(f"--ids must be at least 6 for the LLCM layout (3 train, 3 test), got {ids}")
-    if not 1 <= lo <= hi <= 999:
-        raise DataError(f"--images-per-cam needs 1 <= A <= B <= 999, got {lo} {hi}")
-    rng = _rng(seed, _LLCM, 0)
-    numbers = [int(x) for x in rng.choice(np.arange(1, 3 * ids + 3), size=ids + 2, replace=False)]
+    rng, numbers = identity_numbers(seed, _LLCM, ids, images_per_cam, 6, "LLCM layout (3 train, 3 test)", 999)
     numbers[int(rng.integers(0, ids))] = 0          # identity 0000 exists in LLCM
     valid = [int(x) for x in rng.permutation(numbers[:ids])]
     n_test = max(3, round(ids / 3))                 # 351 of 1,064 on the real set
@@ -85,9 +80,9 @@ def _cameras(seed: int) -> Dict[Tuple[int, str], object]:
     """Both modes of each dual-mode camera: one place (floor line, wall texture), a darker visible mode."""
     out = {}
     for c in VIS_CAMS:
-        vis = make_camera(_rng(seed, _LLCM, 1, c, 0), ir=False, outdoor=c >= 5)
+        vis = make_camera(rng_stream(seed, _LLCM, 1, c, 0), ir=False, outdoor=c >= 5)
         out[(c, RGB)] = dataclasses.replace(vis, gain=vis.gain * 0.7)   # low light
-        nir = make_camera(_rng(seed, _LLCM, 1, c, 1), ir=True, outdoor=c >= 5)
+        nir = make_camera(rng_stream(seed, _LLCM, 1, c, 1), ir=True, outdoor=c >= 5)
         out[(c, IR)] = dataclasses.replace(nir, floor=vis.floor, texture=(nir.texture[0],) + vis.texture[1:])
     return out
 
@@ -99,14 +94,14 @@ def _render_all(root: str, plan: dict, seed: int, size: Tuple[int, int], verbose
     written: Dict[tuple, List[str]] = {}
     for key in tqdm(sorted(plan["images"]), desc="llcm folders", file=sys.stderr, disable=not verbose):
         pid, modality, cam = key
-        person = make_identity(_rng(seed, _LLCM, 3, pid))
-        names = _file_names(_rng(seed, _LLCM, 4, pid, cam, modality == IR), pid, modality, cam, plan["images"][key])
+        person = make_identity(rng_stream(seed, _LLCM, 3, pid))
+        names = _file_names(rng_stream(seed, _LLCM, 4, pid, cam, modality == IR), pid, modality, cam, plan["images"][key])
         folder = (os.path.join(TRAIN_DIRS[modality], "%04d" % pid) if pid in train
                   else os.path.join(TEST_DIRS[modality], f"cam{cam}", "%04d" % pid))
         for n, name in enumerate(names):
-            rng = _rng(seed, _LLCM, 2, pid, cam, modality == IR, n)
+            rng = rng_stream(seed, _LLCM, 2, pid, cam, modality == IR, n)
             img = render(person, cams[(cam, modality)], make_pose(rng, height, width), rng, height, width)
-            _save(img, os.path.join(root, folder, name))
+            save_image(img, os.path.join(root, folder, name))
         written[key] = sorted(os.path.join(folder, name) for name in names)
     return written
 
@@ -148,9 +143,9 @@ def _counts(plan: dict) -> dict:
 def generate_llcm(root: str, ids: int, seed: int, height: int = 128, width: int = 64,
                   images_per_cam: Tuple[int, int] = (2, 4), force: bool = False, verbose: bool = False) -> dict:
     """Write a synthetic LLCM tree and its manifest (``synthetic_manifest.json``); returns the manifest."""
-    _check_args(seed, height, width)
+    check_image_args(seed, height, width)
     plan = plan_llcm(ids, seed, images_per_cam)
-    _prepare_root(root, force, LLCM_OWNED)
+    prepare_root(root, force, LLCM_OWNED)
     for modality in (RGB, IR):  # every camera folder of the layout, test_nir/cam3 included (and left empty)
         for cam in VIS_CAMS:
             os.makedirs(os.path.join(root, TEST_DIRS[modality], f"cam{cam}"), exist_ok=True)
@@ -165,5 +160,5 @@ def generate_llcm(root: str, ids: int, seed: int, height: int = 128, width: int 
                 "labels": {"%04d" % p: k for p, k in plan["labels"].items()}, "empty_folder": empty,
                 "images": [[p, m, c, n] for (p, m, c), n in sorted(plan["images"].items())],
                 "counts": _counts(plan)}
-    _write_json(os.path.join(root, "synthetic_manifest.json"), manifest)
+    write_json(os.path.join(root, "synthetic_manifest.json"), manifest)
     return manifest

@@ -32,8 +32,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Fill constants of the released random erasing: the CIFAR channel means, written unchanged into the
 # ImageNet-normalised tensor (a quirk we keep: the erased patch is therefore not "mean grey").
 ERASE_VALUE = (0.4914, 0.4822, 0.4465)
-# Coefficients of torchvision's rgb_to_grayscale, identical to the released ChannelAdapGray.
-LUMA = (0.2989, 0.587, 0.114)
 
 
 class ChannelRandomErasing(T.RandomErasing):

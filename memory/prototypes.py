@@ -41,12 +41,6 @@ class PrototypeAccumulator:
         self.counts = torch.zeros(self.num_classes, device=device, dtype=torch.int64)
         self.outside = torch.zeros((), device=device, dtype=torch.int64)  # labels out of range on a GPU
 
-    def reset(self) -> None:
-        """Forget everything accumulated so far (start a new pass)."""
-        self.sums.zero_()
-        self.counts.zero_()
-        self.outside.zero_()
-
     @torch.no_grad()
     def add(self, features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> None:
         """Accumulate one batch: sums[y_k] += w_k f_k, counts[y_k] += 1.

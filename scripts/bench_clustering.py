@@ -1,6 +1,6 @@
 """Benchmark Jaccard + DBSCAN pseudo-labelling (clustering.dbscan.pseudo_labels) on SYSU/RegDB-size inputs.
 
-Examples (the inputs come from utils/bench_inputs.py, generated on first use):
+Examples (the inputs come from utils/bench/inputs.py, generated on first use):
     python scripts/bench_clustering.py
     python scripts/bench_clustering.py --size small                      # an eighth of the size, a quick check
     python scripts/bench_clustering.py --cases sysu_rgb sysu_joint --repeat 3
@@ -43,7 +43,7 @@ DEFAULT_CASES = ["sysu_rgb", "sysu_ir", "sysu_joint", "regdb_rgb", "regdb_ir", "
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags of this script."""
-    from utils.bench_inputs import add_input_flags  # project modules after the sys.path fix
+    from utils.bench.inputs import add_input_flags  # project modules after the sys.path fix
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_flags(p, "benchmark inputs", "SYSU-MM01/RegDB training sizes")
@@ -152,7 +152,7 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(run_worker(args)))
         return None
-    from utils.bench_inputs import ensure_inputs  # project modules after the sys.path fix, as above
+    from utils.bench.inputs import ensure_inputs  # project modules after the sys.path fix, as above
 
     args.inputs = ensure_inputs(args.inputs, args.size)
     results = []

@@ -3,7 +3,7 @@
 eval_sysu is timed over the 10 SYSU gallery trials and eval_regdb on one RegDB trial; the
 same inputs go through a per-query loop implementation, and both results must agree.
 
-Inputs are the synthetic test matrices of utils/bench_inputs.py, generated on first use
+Inputs are the synthetic test matrices of utils/bench/inputs.py, generated on first use
 (``sysu_test/distmat_trial{0..9}.npy``: 3,803 x 301; ``regdb_test/distmat.npy``: 2,060 x 2,060), or a
 folder of the same layout from elsewhere (--inputs, or --bench-features to generate it with an external
 bench_features.py).
@@ -57,9 +57,9 @@ def reference_eval(distmat, q_pids, g_pids, q_camids=None, g_camids=None, max_ra
 
 
 def ensure_inputs(inputs: Optional[str], bench_features: Optional[str], size: Optional[str]) -> str:
-    """The input folder: made by utils.bench_inputs (default), or with an external bench_features.py's
+    """The input folder: made by utils.bench.inputs (default), or with an external bench_features.py's
     generate() when ``bench_features`` is given and the folder has no manifest.json. Returns the folder."""
-    from utils.bench_inputs import default_folder, ensure_inputs as generate_own  # after main's sys.path fix
+    from utils.bench.inputs import default_folder, ensure_inputs as generate_own  # after main's sys.path fix
 
     if bench_features is None:
         return generate_own(inputs, size)
@@ -128,13 +128,13 @@ def fmt_row(name: str, wall: float, cpu: float, res) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags."""
-    from utils.bench_inputs import add_input_flags  # project modules after the sys.path fix
+    from utils.bench.inputs import add_input_flags  # project modules after the sys.path fix
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_input_flags(p, "benchmark inputs with manifest.json, sysu_test/ and regdb_test/", "SYSU-MM01/RegDB test sizes")
     p.add_argument("--bench-features", default=None,
                    help="an external bench_features.py whose generate(DIR) writes the inputs instead "
-                        "(default: none, utils/bench_inputs.py)")
+                        "(default: none, utils/bench/inputs.py)")
     p.add_argument("--repeat", type=int, default=5,
                    help="timed runs of the vectorised metrics; the best is reported (default 5)")
     p.add_argument("--max-rank", type=int, default=20, help="CMC length (default 20)")
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; returns 0, or 1 if the two implementations disagree."""
-    if REPO_ROOT not in sys.path:  # before build_parser: its input flags come from utils/bench_inputs.py
+    if REPO_ROOT not in sys.path:  # before build_parser: its input flags come from utils/bench/inputs.py
         sys.path.insert(0, REPO_ROOT)
     args = build_parser().parse_args(argv)
     from utils.evaluation.metrics import eval_regdb, eval_sysu

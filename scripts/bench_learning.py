@@ -11,7 +11,7 @@ test.py on both stages' checkpoints: all-search, 10 gallery trials), streams the
 step and keeps it in OUT/bench_logs/. Then writes OUT/learning.json and OUT/learning.png: pseudo-label ARI per
 stage-1 epoch, MMLM matching accuracy (greedy and Hungarian) on the stage-1 artifact, and test Rank-1/5, mAP,
 mINP of chance, the untrained initial network, stage 1 and stage 2 (the measures themselves are in
-utils/learning_metrics.py), so each row shows what one step adds. Prints a table of it all at the end.
+utils/bench/learning_metrics.py), so each row shows what one step adds. Prints a table of it all at the end.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ if ROOT not in sys.path:
 from data.sample import DataError  # noqa: E402
 from model import ARCHS  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
-from utils.learning_metrics import METRICS, chance_level, mmlm_accuracy  # noqa: E402
-from utils.learning_report import (EPOCH_KEYS, GALLERY_TRIALS, TEST_ROWS, plot, print_reading,  # noqa: E402
+from utils.bench.learning_metrics import METRICS, chance_level, mmlm_accuracy  # noqa: E402
+from utils.bench.learning_report import (EPOCH_KEYS, GALLERY_TRIALS, TEST_ROWS, plot, print_reading,  # noqa: E402
                                   print_table)
 
 # Settings scaled for small data and a CPU (scripts/demo.sh: 60 training identities with ~14 visible / ~7

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark MMLM (batched k-means memories + multi-memory matching) on SYSU-size inputs.
 
-Inputs are the SYSU-sized training features of utils/bench_inputs.py, generated on first use (or any folder
+Inputs are the SYSU-sized training features of utils/bench/inputs.py, generated on first use (or any folder
 of that layout, --inputs): ``sysu/{features,pseudo_labels}_{rgb,ir}.npy`` and ``sysu/train_{rgb,ir}_resized_label.npy``.
 Times :func:`clustering.mmlm.multi_memory_matching` (best of ``--repeats`` after one warm-up run) and
 reports the clusters, the seconds and the ARI against ground truth before / after matching.
@@ -30,7 +30,7 @@ def load_inputs(folder: str) -> dict:
              "train_rgb_resized_label", "train_ir_resized_label")
     missing = [n for n in names if not os.path.exists(os.path.join(sub, n + ".npy"))]
     if missing:
-        raise SystemExit(f"missing {missing} in {sub}; a folder of utils/bench_inputs.py's layout is needed")
+        raise SystemExit(f"missing {missing} in {sub}; a folder of utils/bench/inputs.py's layout is needed")
     return {n: np.load(os.path.join(sub, n + ".npy")) for n in names}
 
 
@@ -123,7 +123,7 @@ def compare_released(data: dict, info: dict, args) -> None:
 
 def parse_args(argv=None):
     """Command-line flags (see --help)."""
-    from utils.bench_inputs import add_input_flags  # project modules after the sys.path fix
+    from utils.bench.inputs import add_input_flags  # project modules after the sys.path fix
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_input_flags(ap, "benchmark inputs", "SYSU-MM01 training size")
@@ -147,7 +147,7 @@ def main(argv=None) -> None:
     """Entry point: load, time, report ARI, optionally compare with the released-style loop."""
     import torch
     from clustering.ari import matching_ari
-    from utils.bench_inputs import ensure_inputs
+    from utils.bench.inputs import ensure_inputs
 
     args = parse_args(argv)
     if args.threads > 0:

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from data.sample import DataError  # noqa: E402
 from utils.arg_types import default_workers  # noqa: E402
-from utils.speed import bench_cluster, extraction_rate, stage1_step, stage2_step  # noqa: E402
+from utils.bench.speed import bench_cluster, extraction_rate, stage1_step, stage2_step  # noqa: E402
 
 SIZES = {  # "real" = the released settings; "small" = a quick CPU run of the same code
     "small": dict(arch="resnet18", img_h=64, img_w=32, s1_views=32, s1_ir=16, s2_ids=6, s2_pos=4, classes=64,

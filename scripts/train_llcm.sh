@@ -3,10 +3,8 @@
 # directions (visible->infrared and infrared->visible, 10 gallery trials each).
 # Usage: bash scripts/train_llcm.sh /path/to/LLCM [extra flags for all stages, e.g. --device cuda]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 DATA="${1:?usage: train_llcm.sh DATA_DIR [flags]}"; shift
-source scripts/output_dir.sh
-OUT="$(output_dir "$@")"  # stage 2 and test.py read what stage 1 wrote there
+source "$(dirname "$0")/train_setup.sh"  # to the repository root; OUT = the --output-dir of the flags
 python baseline_llcm.py --data-dir "$DATA" "$@"
 python main.py --dataset llcm --data-dir "$DATA" --resume_net1 "$OUT"/llcm/baseline/final.pth "$@"
 python test.py --dataset llcm --data-dir "$DATA" --resume-net1 "$OUT"/llcm/mmm/best.pth

@@ -1,4 +1,4 @@
-"""scripts/bench_learning.py and utils/learning_metrics.py: the matching accuracy and the chance level on
+"""scripts/bench_learning.py and utils/bench/learning_metrics.py: the matching accuracy and the chance level on
 known answers, the refusal of a folder that is not SYSU-MM01, and one quick end-to-end run (slow)."""
 import importlib.util
 import json
@@ -23,7 +23,7 @@ def bench():
 
 
 def test_matching_accuracy_known_answer():
-    from utils.learning_metrics import majority_ids, matching_accuracy
+    from utils.bench.learning_metrics import majority_ids, matching_accuracy
 
     # visible clusters 0, 1, 2 hold mostly ids 5, 7, 9; the outlier (-1, id 5) does not count
     labels_rgb = np.array([0, 0, 0, 1, 1, 2, 2, -1])
@@ -44,7 +44,7 @@ def test_chance_level_matches_theory():
     """Single-shot gallery of n identities, random distances: Rank-1 = 1/n, Rank-5 = 5/n, mAP = H_n / n."""
     from data.datasets import TestSplit
     from data.sample import Sample
-    from utils.learning_metrics import METRICS, chance_level
+    from utils.bench.learning_metrics import METRICS, chance_level
 
     n = 10
     query = [Sample(f"q{p}_{c}.jpg", p, c, "ir") for p in range(n) for c in (3, 6)]

@@ -9,7 +9,7 @@ import torch
 from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score
 
-from clustering.dbscan import cluster_stats, neighbourhood_graph, pseudo_labels, relabel_contiguous
+from clustering.dbscan import cluster_stats, neighbourhood_graph, pseudo_labels
 from clustering.jaccard import compute_jaccard_distance
 
 
@@ -125,14 +125,6 @@ def test_degenerate_inputs():
     np.testing.assert_array_equal(lab, dense_labels(same, 0.6, 10, 6))
     lab1 = pseudo_labels(same, 0.6, 10, 1)  # no expansion: some V rows are empty (self-distance 1)
     np.testing.assert_array_equal(lab1, dense_labels(same, 0.6, 10, 1))
-
-
-def test_relabel_contiguous():
-    out = relabel_contiguous(np.array([5, -1, 2, 5, 9, -3, 2]))
-    assert out.dtype == np.int64
-    assert out.tolist() == [1, -1, 0, 1, 2, -1, 0]
-    assert relabel_contiguous(torch.tensor([0, 1, -1, 1])).tolist() == [0, 1, -1, 1]
-    assert relabel_contiguous(np.array([-1, -1])).tolist() == [-1, -1]
 
 
 def test_cluster_stats():

@@ -263,11 +263,11 @@ def test_faiss_gpu_resources_are_made_once(monkeypatch):
 
     fake, made = _fake_faiss()
     try:
-        first = knn_faiss._faiss_index(fake, 8, torch.device("cuda", 1))
-        second = knn_faiss._faiss_index(fake, 16, torch.device("cuda", 0))
+        first = knn_faiss.faiss_index(fake, 8, torch.device("cuda", 1))
+        second = knn_faiss.faiss_index(fake, 16, torch.device("cuda", 0))
         assert len(made) == 1 and first[1] is second[1]
     finally:
-        knn_faiss._gpu_resources.cache_clear()
+        knn_faiss.gpu_resources.cache_clear()
 
 
 def test_faiss_table_equals_the_torch_table_on_exact_duplicates(monkeypatch):

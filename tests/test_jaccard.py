@@ -116,10 +116,10 @@ def test_knn_sparse_and_dense_merge_paths(monkeypatch):
 @pytest.mark.parametrize("density", [0.0, 0.002, 0.3, 1.0])
 @pytest.mark.parametrize("cols", [64, 61])
 def test_mask_nonzero(density, cols):
-    from clustering.knn_exact import _mask_nonzero
+    from clustering.knn_exact import mask_nonzero
     mask = torch.rand(37, cols, generator=torch.Generator().manual_seed(cols)) < density
     want = torch.nonzero(mask, as_tuple=True)
-    got = _mask_nonzero(mask)
+    got = mask_nonzero(mask)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from clustering import knn as K
 from clustering.dbscan import pseudo_labels
 from clustering.jaccard import compute_jaccard_distance
 from clustering.knn import exact_float32, knn_search
@@ -112,10 +111,12 @@ def test_exact_float32_switches_tf32_off_for_cuda_only():
 
 
 def test_faiss_index_choice_without_gpu_faiss():
+    from clustering.knn_faiss import faiss_index
+
     class FakeFaiss:  # faiss-cpu: no StandardGpuResources
         IndexFlatL2 = staticmethod(lambda dim: ("cpu-index", dim))
 
-    index, res = K._faiss_index(FakeFaiss, 8, torch.device("cuda"))
+    index, res = faiss_index(FakeFaiss, 8, torch.device("cuda"))
     assert index == ("cpu-index", 8) and res is None
 
 

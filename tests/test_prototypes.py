@@ -56,7 +56,7 @@ def test_accumulator_over_batches_equals_one_shot():
     for sl in (slice(0, 10), slice(10, 37), slice(37, 64)):
         acc.add(feats[sl], labels[sl], weights[sl])
     torch.testing.assert_close(acc.result(old), refresh_prototypes(old, feats, labels, weights))
-    acc.reset()
+    acc = PrototypeAccumulator(old.shape[0], old.shape[1], dtype=torch.float64)
     torch.testing.assert_close(acc.result(old), old)  # nothing seen → old table
     assert torch.equal(acc.result(), torch.zeros_like(old))  # default old = zeros
 

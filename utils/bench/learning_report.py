@@ -9,7 +9,7 @@ from typing import Dict
 
 import numpy as np
 
-from utils.learning_metrics import METRICS, RULES
+from utils.bench.learning_metrics import METRICS, RULES
 
 GALLERY_TRIALS = 10
 # The rows of the test table, in the order each step builds on the previous one: random distances, the network
