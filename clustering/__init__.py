@@ -10,11 +10,12 @@ rerank.py                                           query/gallery re-ranking at 
 
 The public API::
 
-    from clustering import compute_jaccard_distance, pseudo_labels, multi_memory_matching, match_clusters
+    from clustering import (compute_jaccard_distance, pseudo_labels, multi_memory_matching, MatchOptions,
+                            match_clusters)
 """
 from .dbscan import pseudo_labels
 from .jaccard import compute_jaccard_distance
 from .matching import match_clusters
-from .mmlm import multi_memory_matching
+from .mmlm import MatchOptions, multi_memory_matching
 
-__all__ = ["compute_jaccard_distance", "pseudo_labels", "multi_memory_matching", "match_clusters"]
+__all__ = ["compute_jaccard_distance", "pseudo_labels", "multi_memory_matching", "MatchOptions", "match_clusters"]

@@ -25,7 +25,7 @@ the pipeline (:func:`jaccard_entries`, :func:`compute_jaccard_distance`) here; t
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import scipy.sparse as sp
@@ -107,17 +107,31 @@ def _min_sums(v: sp.csr_matrix, workers: int = 1):
         yield from pool.map(lambda b: _min_sum_chunk(ctx, *b), bounds)
 
 
+class RerankForm(NamedTuple):
+    """The test-time re-ranking form of the distance (Zhong et al.), used by :mod:`clustering.rerank`.
+
+    Without it :func:`jaccard_entries` computes the clustering form: a neighbour table of width k1 (the
+    cluster-contrast convention, where the k1 nearest include the sample itself) and unscaled weights.
+
+    Attributes:
+        neighbours: width of the neighbour table T (Zhong et al.'s re-ranking uses k1 + 1).
+        row_scale: optional (N,) divisor of the distances of row i in the softmax weights (see
+            softmax_weights); None leaves them unscaled.
+    """
+
+    neighbours: int
+    row_scale: Optional[np.ndarray] = None
+
+
 def jaccard_entries(features: ArrayLike, k1: int = 30, k2: int = 6, modality: Optional[ArrayLike] = None,
                     knn: str = "torch", device: Optional[Union[str, torch.device]] = None,
-                    max_dist: float = 1.0, neighbours: Optional[int] = None,
-                    row_scale: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                    max_dist: float = 1.0, rerank: Optional[RerankForm] = None
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """All entries of the Jaccard distance with d_ij < 1 and d_ij <= max_dist, both triangles.
 
-    Returns (rows int64, cols int64, d float32, N). Missing pairs have d = 1. See compute_jaccard_distance.
-    Two options serve the test-time re-ranking of :mod:`clustering.rerank` (defaults: the clustering form):
-    ``neighbours`` is the width of the neighbour table T (default k1, the cluster-contrast convention
-    where the k1 nearest include the sample itself; Zhong et al.'s re-ranking uses k1 + 1), and
-    ``row_scale`` (N,) divides the distances of row i in the softmax weights (see softmax_weights).
+    features (N, D); modality optional (N,) 0/1. Returns (rows (E,) int64, cols (E,) int64, d (E,) float32,
+    N). Missing pairs have d = 1. See compute_jaccard_distance for the other arguments; ``rerank`` selects
+    the re-ranking form (:class:`RerankForm`; default None: the clustering form).
     """
     x = as_float_tensor(features, device)
     n = x.shape[0]
@@ -126,7 +140,8 @@ def jaccard_entries(features: ArrayLike, k1: int = 30, k2: int = 6, modality: Op
     k2 = min(int(k2), k1)
     if k1 < 1 or k2 < 1:
         raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
-    width = k1 if neighbours is None else min(int(neighbours), n)
+    width = k1 if rerank is None else min(int(rerank.neighbours), n)
+    row_scale = None if rerank is None else rerank.row_scale
     table, _, dots = knn_table(x, width, knn)
     table = table.cpu().numpy()
     dots = None if dots is None else dots.cpu().numpy()

@@ -233,13 +233,13 @@ def _padded_index(starts, sizes, width):
     return torch.where(valid, starts.unsqueeze(1) + ar, starts.unsqueeze(1)), valid
 
 
-def _kmeans_bucket(xb, valid, sizes_t, first, uniforms, k, n_trials, tol, max_iter):
-    """All restarts of k-means for one size bucket: xb (B, M, D) padded members, valid (B, M).
+def _kmeans_bucket(xb, valid, first, uniforms, k, n_trials, tol, max_iter):
+    """All restarts of k-means for one size bucket: xb (B, M, D) padded members, valid (B, M) bool.
 
-    Returns centres (B, k, D) of the restart of lowest inertia (first among ties, as sklearn keeps
-    the first best) and that inertia (B,).
+    first (B, R) first centres and uniforms as in :func:`_kmeanspp`. Returns centres (B, k, D) of the
+    restart of lowest inertia (first among ties, as sklearn keeps the first best) and that inertia (B,).
     """
-    B, M, D = xb.shape
+    (B, M, D), sizes_t = xb.shape, valid.sum(-1)        # sizes_t (B,) int64 member counts
     gram = _centred_gram(xb, valid)
     diag = torch.diagonal(gram, dim1=1, dim2=2)
     tol_b = diag.sum(-1) / (sizes_t * D) * tol         # tol × mean per-feature variance (sklearn)
@@ -295,6 +295,6 @@ def batched_kmeans(features: torch.Tensor, groups: torch.Tensor, k: int = 4, n_i
         idx, valid = _padded_index(starts_t[bt], sizes_t[bt], width)
         first = torch.as_tensor(_first_centres(sizes[b], width, uni[:, 0], np_dtype), device=dev)
         with exact_float32(dev):  # float32 without TF32 on a GPU; padding rows of x[order[idx]] repeat a member
-            centers[bt], inertia[bt] = _kmeans_bucket(x[order[idx]], valid, sizes_t[bt], first,
-                                                      torch.as_tensor(uni, device=dev), k, n_trials, tol, max_iter)
+            centers[bt], inertia[bt] = _kmeans_bucket(x[order[idx]], valid, first, torch.as_tensor(uni, device=dev),
+                                                      k, n_trials, tol, max_iter)
     return centers.to(features.dtype), inertia

@@ -20,6 +20,7 @@ Differences from the released mmlm.py (documented choices):
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -79,27 +80,45 @@ def _relabel(labels_rgb: np.ndarray, ids_rgb: np.ndarray, ids_ir: np.ndarray,
     return out
 
 
+@dataclass(frozen=True)
+class MatchOptions:
+    """Options of :func:`multi_memory_matching` (defaults: the released code).
+
+    Attributes:
+        num_memories: k-means memories per cluster (``--num-memories``, 4 released).
+        matching: "greedy" (released) or "hungarian" (paper), see :func:`clustering.matching.assign`.
+        cost: memory-to-memory cost "ir2rgb" (released) or "rgb2ir", see :func:`clustering.matching.cost_matrix`.
+        seed: k-means ``random_state`` of every cluster.
+        n_init: k-means restarts per cluster (10, sklearn's default).
+    """
+
+    num_memories: int = 4
+    matching: str = "greedy"
+    cost: str = "ir2rgb"
+    seed: int = 0
+    n_init: int = 10
+
+
 def multi_memory_matching(features_rgb: ArrayLike, labels_rgb: ArrayLike, features_ir: ArrayLike,
-                          labels_ir: ArrayLike, num_memories: int = 4, matching: str = "greedy",
-                          cost: str = "ir2rgb", seed: int = 0,
-                          device: Optional[Union[str, torch.device]] = None,
-                          return_info: bool = False, n_init: int = 10):
+                          labels_ir: ArrayLike, options: MatchOptions = MatchOptions(),
+                          device: Optional[Union[str, torch.device]] = None, return_info: bool = False):
     """MMLM label transfer (method E): new visible labels in the infrared label space.
 
     features_* (N_*, D), labels_* (N_*,) with −1 = outlier.  Every visible cluster v gets partner
     r*(v) = match(C)[v] with C = cost_matrix(memories_rgb, memories_ir, cost) (see
     :mod:`clustering.matching`); each visible sample of v receives the infrared label value of r*(v);
-    outliers stay −1.  Infrared labels are unchanged and not returned.  ``n_init`` = k-means restarts.
+    outliers stay −1.  Infrared labels are unchanged and not returned.  ``options``: :class:`MatchOptions`.
     Returns labels (N_rgb,) int64 numpy, or (labels, info) with ``return_info=True``; info holds
     ``partner`` (K_rgb,) partner index, ``cluster_ids_rgb`` / ``cluster_ids_ir``, ``cost`` summary
     (min/mean/max of C and of the chosen costs), ``ir_unmatched`` (IR clusters no visible cluster
     chose), ``rgb_shared`` (visible clusters whose partner is shared with another) and ``seconds``.
     """
     t0 = time.perf_counter()
-    mem_v, ids_v = cluster_memories(features_rgb, labels_rgb, num_memories, seed, n_init, device)
-    mem_r, ids_r = cluster_memories(features_ir, labels_ir, num_memories, seed, n_init, device)
-    c = cost_matrix(mem_v, mem_r.to(mem_v.device), cost=cost)
-    partner = assign(c, matching)
+    o = options
+    mem_v, ids_v = cluster_memories(features_rgb, labels_rgb, o.num_memories, o.seed, o.n_init, device)
+    mem_r, ids_r = cluster_memories(features_ir, labels_ir, o.num_memories, o.seed, o.n_init, device)
+    c = cost_matrix(mem_v, mem_r.to(mem_v.device), cost=o.cost)
+    partner = assign(c, o.matching)
     lab_v = torch.as_tensor(labels_rgb).cpu().numpy().astype(np.int64)
     new = _relabel(lab_v, ids_v, ids_r, partner)
     if not return_info:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .jaccard import jaccard_entries
+from .jaccard import RerankForm, jaccard_entries
 
 # Rows of the pool's Gram matrix computed at once when looking for each row's farthest sample.
 _CHUNK = 2048
@@ -72,8 +72,8 @@ def rerank_distance(q_feat: torch.Tensor, g_feat: torch.Tensor, params: RerankPa
     x = torch.cat([q, g]).contiguous()
     nq = q.shape[0]
     scale = _row_max_distance(x)
-    rows, cols, jac, _ = jaccard_entries(x, k1=params.k1, k2=params.k2, knn=knn, neighbours=params.k1 + 1,
-                                         row_scale=scale)
+    rows, cols, jac, _ = jaccard_entries(x, k1=params.k1, k2=params.k2, knn=knn,
+                                         rerank=RerankForm(params.k1 + 1, scale))
     jaccard = np.ones((nq, g.shape[0]))                  # pairs without shared support: J = 1
     keep = (rows < nq) & (cols >= nq)
     jaccard[rows[keep], cols[keep] - nq] = jac[keep]

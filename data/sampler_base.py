@@ -1,11 +1,11 @@
 """Shared machinery of the batch samplers (see :mod:`data.samplers`), used by data/sampler_stage1.py and
-data/sampler_stage2.py: the argument checks (:func:`as_int_array`, :func:`check_positive`) and the
-rank-sliced base class (:class:`RankSlicedBatchSampler`) that gives every sampler its (seed, epoch)
+data/sampler_stage2.py: the argument checks (:func:`as_int_array`, :func:`check_positive`), the
+(rank, world_size) pair :class:`Shard` and the rank-sliced base class (:class:`RankSlicedBatchSampler`) that gives every sampler its (seed, epoch)
 determinism, its per-rank slice of each global batch and its length.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -25,6 +25,14 @@ def check_positive(**values: int) -> None:
     for name, v in values.items():
         if int(v) != v or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v}")
+
+
+class Shard(NamedTuple):
+    """This process's share of every global batch under torchrun: the slice ``rank`` of ``world_size``
+    equal, contiguous slices (the default: one process takes the whole batch)."""
+
+    rank: int = 0
+    world_size: int = 1
 
 
 class RankSlicedBatchSampler(Sampler):

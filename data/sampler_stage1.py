@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .sampler_base import as_int_array, check_positive, RankSlicedBatchSampler
+from .sampler_base import as_int_array, check_positive, RankSlicedBatchSampler, Shard
 
 
 class RandomMultipleGallerySampler(RankSlicedBatchSampler):
@@ -33,12 +33,14 @@ class RandomMultipleGallerySampler(RankSlicedBatchSampler):
         num_instances: images per identity and pass (16 released).
         num_batches: batches per epoch (``--iters``); default: the full batches of one pass.
         camera_aware: draw the companions from other cameras (released default; ``--no-cam`` = False).
-        seed, rank, world_size: see the module docstring.
+        seed: see the module docstring.
+        shard: this process's (rank, world_size) (:class:`data.sampler_base.Shard`; see the module
+            docstring); default: a single process.
     """
 
     def __init__(self, labels: Sequence[int], cams: Optional[Sequence[int]], batch_size: int = 128,
                  num_instances: int = 16, num_batches: Optional[int] = None, camera_aware: bool = True,
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+                 seed: int = 0, shard: Shard = Shard()):
         check_positive(batch_size=batch_size, num_instances=num_instances)
         labels = as_int_array(labels, "labels")
         if cams is None:
@@ -60,7 +62,7 @@ class RandomMultipleGallerySampler(RankSlicedBatchSampler):
                              "lower the batch size")
         if num_batches is None:
             num_batches = self.batches_per_pass
-        super().__init__(batch_size, num_batches, seed, rank, world_size, self.num_instances,
+        super().__init__(batch_size, num_batches, seed, shard.rank, shard.world_size, self.num_instances,
                          "num_instances")
 
     def _index_tables(self, labels: np.ndarray, cams: np.ndarray) -> None:

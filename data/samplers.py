@@ -12,7 +12,8 @@ This module is the public face; the code lives in :mod:`data.sampler_base` (shar
 checks), :mod:`data.sampler_stage1` (:class:`RandomMultipleGallerySampler`) and :mod:`data.sampler_stage2`
 (:class:`CrossModalIdentitySampler`, :class:`FullPassSampler`).
 """
+from .sampler_base import Shard
 from .sampler_stage1 import RandomMultipleGallerySampler
 from .sampler_stage2 import CrossModalIdentitySampler, FullPassSampler
 
-__all__ = ["RandomMultipleGallerySampler", "CrossModalIdentitySampler", "FullPassSampler"]
+__all__ = ["RandomMultipleGallerySampler", "CrossModalIdentitySampler", "FullPassSampler", "Shard"]

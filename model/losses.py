@@ -6,7 +6,7 @@ probabilities. The λ weights (``--sm_w``, ``--md_w``) are applied by the caller
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -83,28 +83,38 @@ def prototype_distance(features: torch.Tensor, prototypes: torch.Tensor,
     raise ValueError(f"kind must be 'l1' or 'l2', got {kind!r}")
 
 
-def intra_modality_loss(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor,
-                        y: torch.Tensor, z: torch.Tensor,
-                        pa: Optional[torch.Tensor], pb: Optional[torch.Tensor],
-                        pt: Optional[torch.Tensor],
-                        protos_a: torch.Tensor, protos_b: torch.Tensor, protos_t: torch.Tensor,
-                        kind: str = "l1") -> torch.Tensor:
+class ViewInputs(NamedTuple):
+    """One view's share of :func:`intra_modality_loss` (RGB view 1, RGB view 2 or IR).
+
+    Attributes:
+        features: ``(n, D)`` GeM features of the view (``a``, ``b`` or ``t``).
+        labels: ``(n,)`` int64 pseudo-labels (``y`` for both RGB views, ``z`` for IR).
+        prototypes: ``(K, D)`` prototype table of the view, indexed by label (detached in the loss).
+        weights: ``(n,)`` clean probabilities (``pa``, ``pb`` or ``pt``), or ``None`` for 1.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    prototypes: torch.Tensor
+    weights: Optional[torch.Tensor] = None
+
+
+def intra_modality_loss(rgb1: ViewInputs, rgb2: ViewInputs, ir: ViewInputs, kind: str = "l1") -> torch.Tensor:
     """Self-mimic / intra-modality loss (method.md F.6.3), without the λ factor.
 
     ``L = (1/n) Σ_k [ ½(pa_k ℓ(a_k, μa[y_k]) + pb_k ℓ(b_k, μb[y_k])) + pt_k ℓ(t_k, μt[z_k]) ]``
 
-    ``a, b (n, D)`` with labels ``y (n,)``; ``t (n, D)`` with labels ``z (n,)``; prototype tables
-    ``(K, D)`` indexed by label, detached (sg); ``ℓ`` = :func:`prototype_distance` of ``kind``;
-    ``p*`` are ``(n,)`` weights or ``None`` for 1. Returns a scalar.
+    ``rgb1`` = (a, y, μa, pa), ``rgb2`` = (b, y, μb, pb), ``ir`` = (t, z, μt, pt) (:class:`ViewInputs`):
+    features ``(n, D)``, labels ``(n,)``, prototype tables ``(K, D)`` indexed by label, detached (sg),
+    weights ``(n,)`` or ``None`` for 1; ``ℓ`` = :func:`prototype_distance` of ``kind``. Returns a scalar.
     """
-    def term(feat: torch.Tensor, labels: torch.Tensor, protos: torch.Tensor,
-             weight: Optional[torch.Tensor]) -> torch.Tensor:
+    def term(view: ViewInputs) -> torch.Tensor:
         """Weighted per-sample distance ``(n,)`` to the detached prototype of each label."""
-        dist = prototype_distance(feat, protos.detach()[labels], kind)
-        return dist if weight is None else weight.to(dist.dtype) * dist
+        dist = prototype_distance(view.features, view.prototypes.detach()[view.labels], kind)
+        return dist if view.weights is None else view.weights.to(dist.dtype) * dist
 
-    rgb = 0.5 * (term(a, y, protos_a, pa) + term(b, y, protos_b, pb))
-    return (rgb + term(t, z, protos_t, pt)).mean()
+    rgb = 0.5 * (term(rgb1) + term(rgb2))
+    return (rgb + term(ir)).mean()
 
 
 def _gaussian_mixture(sq: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:

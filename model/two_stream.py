@@ -16,8 +16,6 @@ from torch import nn
 
 from .layers import GeM
 
-MODALITIES = ("rgb", "ir")
-
 
 class EmbedOutput(NamedTuple):
     """Training-mode output of a :class:`TwoStreamNet`.
@@ -113,31 +111,6 @@ class TwoStreamNet(nn.Module):
             return F.normalize(feat, dim=1)
         logits = self.classifier(feat) if self.classifier is not None else None
         return EmbedOutput(pool=pool, feat=feat, logits=logits)
-
-    def extract(self, x: torch.Tensor, modality: str, flip: bool = False,
-                renormalize: bool = True) -> torch.Tensor:
-        """Eval-mode descriptors ``(N, dim)`` of images ``x`` from one ``modality`` ("rgb" or "ir").
-
-        Without ``flip``: ``normalize(feat(x))`` (main.py/test.py protocol, method.md H.1).
-        With ``flip``: ``f = (normalize(feat(x)) + normalize(feat(flip(x)))) / 2``; ``renormalize=True``
-        returns ``normalize(f)`` (Baseline.py's evaluation), ``renormalize=False`` returns ``f`` itself,
-        the un-normalised average used as the stage-1 clustering descriptor (method.md K).
-
-        The model must be in eval mode (train-mode BatchNorm would use batch statistics and update
-        the running ones); gradient tracking is left to the caller (wrap in ``torch.no_grad()``).
-        """
-        if self.training:
-            raise RuntimeError(f"{type(self).__name__}.extract needs eval mode: call model.eval() first")
-        if modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
-        n = x.shape[0]
-        # In eval mode BN uses running statistics, so one batch of [x; flip(x)] equals two passes.
-        inputs = torch.cat([x, torch.flip(x, dims=[3])], dim=0) if flip else x
-        feats = self(inputs, None) if modality == "rgb" else self(None, inputs)
-        if not flip:
-            return feats
-        mean = (feats[:n] + feats[n:]) / 2
-        return F.normalize(mean, dim=1) if renormalize else mean
 
 
 def param_groups_stage2(model: TwoStreamNet, lr: float) -> list:

@@ -72,14 +72,14 @@ def released_greedy(mem_rgb: np.ndarray, mem_ir: np.ndarray) -> np.ndarray:
 
 def time_ours(data: dict, args) -> tuple:
     """Warm-up + best-of-``args.repeats`` wall time of multi_memory_matching; returns (labels, info, best, cpu)."""
-    from clustering.mmlm import multi_memory_matching
+    from clustering.mmlm import MatchOptions, multi_memory_matching
 
     def run():
         """One full MMLM call on the benchmark arrays."""
         return multi_memory_matching(
-            data["features_rgb"], data["pseudo_labels_rgb"], data["features_ir"],
-            data["pseudo_labels_ir"], matching=args.matching, cost=args.cost, seed=0,
-            device=args.device, return_info=True, n_init=args.n_init)
+            data["features_rgb"], data["pseudo_labels_rgb"], data["features_ir"], data["pseudo_labels_ir"],
+            MatchOptions(matching=args.matching, cost=args.cost, seed=0, n_init=args.n_init),
+            device=args.device, return_info=True)
 
     run()                                                # warm-up
     best, best_cpu = np.inf, np.inf

@@ -207,14 +207,15 @@ def print_tables(result: Dict) -> None:
 
 def main(argv=None) -> Dict:
     """Measure the requested parts, print the tables, write the JSON; returns the result dict."""
-    from utils.device import configure_backends, resolve_device
+    from utils.device import amp_dtype, configure_backends, resolve_device
 
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     size_name = args.size if args.size != "auto" else ("real" if device.type == "cuda" else "small")
     modes = args.amp_modes or (["off", "bf16", "fp16"] if device.type == "cuda" else ["off", "bf16"])
     for amp in modes:
-        configure_backends(device, amp)  # one-line error for fp16 on a CPU; TF32 and cudnn.benchmark on CUDA
+        amp_dtype(amp, device)  # one-line error for fp16 on a CPU, before any measurement
+    configure_backends(device)  # TF32 and cudnn.benchmark on CUDA
     if args.loader_images < 1 or args.workers < 1:
         raise DataError("--loader-images and --workers must be at least 1")
     size = SIZES[size_name]

@@ -97,18 +97,20 @@ class _Pairs(torch.utils.data.Dataset):
 def test_stage2_loader_keeps_its_workers_across_passes():
     """utils.train.stage2_steps.loader: with workers one persistent DataLoader per dataset serves every pass, each
     pass iterating the sampler it was given; without workers a plain loader per pass."""
-    import argparse
-
+    import typed_settings
     from utils.train.stage2_steps import loader
 
-    ds, cpu = _Pairs(), torch.device("cpu")
+    ds = _Pairs()
+
+    def ctx(workers):
+        return typed_settings.context(typed_settings.stage2("--workers", str(workers)))
     passes = [[[(0, 1), (2, 3)], [(4, 5)]], [[(6, 7)], [(8, 9), (1, 0)]]]
     seen, loaders = [], []
     for sampler in passes:
-        dl = loader(ds, sampler, argparse.Namespace(workers=2), cpu)
+        dl = loader(ds, sampler, ctx(2))
         loaders.append(dl)
         seen.append([b.tolist() for b in dl])
     assert loaders[0] is loaders[1] and loaders[0].persistent_workers and loaders[0].num_workers == 2
     assert seen == [[[list(p) for p in batch] for batch in sampler] for sampler in passes]
-    plain = loader(_Pairs(), passes[0], argparse.Namespace(workers=0), cpu)
+    plain = loader(_Pairs(), passes[0], ctx(0))
     assert not plain.persistent_workers and [b.tolist() for b in plain] == seen[0]

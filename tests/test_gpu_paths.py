@@ -201,7 +201,7 @@ def test_scatter_last_keeps_the_last_occurrence_of_each_index():
 def test_mmlm_products_run_inside_exact_float32(monkeypatch):
     import clustering.kmeans as kmeans
     import clustering.matching as matching
-    from clustering.mmlm import multi_memory_matching
+    from clustering.mmlm import MatchOptions, multi_memory_matching
 
     state = {"inside": False, "devices": [], "checked": []}
 
@@ -227,7 +227,7 @@ def test_mmlm_products_run_inside_exact_float32(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(40, 8, generator=gen)
     labels = np.repeat(np.arange(4), 10)
-    multi_memory_matching(feats, labels, feats + 0.01, labels, num_memories=2, n_init=2)
+    multi_memory_matching(feats, labels, feats + 0.01, labels, MatchOptions(num_memories=2, n_init=2))
     assert {name for name, _ in state["checked"]} == {"kmeans", "cdist"}
     assert all(inside for _, inside in state["checked"]) and set(state["devices"]) == {torch.device("cpu")}
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.losses import (batch_hard_triplet, inter_modality_loss, intra_modality_loss, mmd2,
+from model.losses import (ViewInputs, batch_hard_triplet, inter_modality_loss, intra_modality_loss, mmd2,
                           prototype_distance, soft_id_loss)
 
 DT = torch.float64  # references are compared to 1e-5; float64 keeps rounding out of the way
@@ -141,7 +141,8 @@ def test_intra_matches_loops_and_detaches_prototypes(kind):
     z = torch.tensor([0, 0, 1, 1, 2, 2])
     pa, pb, pt = (torch.rand(n, dtype=DT, generator=torch.Generator().manual_seed(s)) for s in (9, 10, 11))
     protos = [_leaf(k, d, seed=s) for s in (12, 13, 14)]
-    got = intra_modality_loss(a, b, t, y, z, pa, pb, pt, *protos, kind=kind)
+    got = intra_modality_loss(ViewInputs(a, y, protos[0], pa), ViewInputs(b, y, protos[1], pb),
+                              ViewInputs(t, z, protos[2], pt), kind=kind)
 
     def ell(u, w):
         return sum((abs(u[i] - w[i]) if kind == "l1" else (u[i] - w[i]) ** 2) for i in range(d)) / d

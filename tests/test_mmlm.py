@@ -5,7 +5,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from clustering.matching import assign, cost_matrix, match_clusters
-from clustering.mmlm import cluster_memories, multi_memory_matching
+from clustering.mmlm import MatchOptions, cluster_memories, multi_memory_matching
 
 
 def _loop_cost(mem_rgb, mem_ir, cost):
@@ -67,7 +67,7 @@ def test_recovers_known_permutation(matching, cost):
     assert mem_v.shape == (12, 4, 32)
     partner = match_clusters(mem_v, mem_r, matching=matching, cost=cost)
     np.testing.assert_array_equal(partner, perm)
-    new = multi_memory_matching(f_rgb, l_rgb, f_ir, l_ir, matching=matching, cost=cost)
+    new = multi_memory_matching(f_rgb, l_rgb, f_ir, l_ir, MatchOptions(matching=matching, cost=cost))
     np.testing.assert_array_equal(new, ir_ids[perm][np.searchsorted(rgb_ids, l_rgb)])
 
 

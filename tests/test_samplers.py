@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.samplers import CrossModalIdentitySampler, FullPassSampler, RandomMultipleGallerySampler
+from data.samplers import CrossModalIdentitySampler, FullPassSampler, RandomMultipleGallerySampler, Shard
 
 # ----------------------------------------------------------------------------------------------
 # Stage-1 sampler fixture: id 0 has cams 1,1,1,2,2,3 (other-camera pool 3, 4 or 5 depending on the
@@ -142,7 +142,7 @@ def test_rmg_rank_slices_concatenate():
     cams = np.tile(np.arange(2), 30)
     kw = dict(batch_size=16, num_instances=4, num_batches=7, seed=9)
     full = RandomMultipleGallerySampler(labels, cams, **kw)
-    parts = [RandomMultipleGallerySampler(labels, cams, rank=r, world_size=2, **kw) for r in range(2)]
+    parts = [RandomMultipleGallerySampler(labels, cams, shard=Shard(r, 2), **kw) for r in range(2)]
     for p in [full] + parts:
         p.set_epoch(4)
     a, b = list(parts[0]), list(parts[1])
@@ -155,13 +155,13 @@ def test_rmg_errors():
         RandomMultipleGallerySampler([-1, -1], [0, 1], batch_size=4, num_instances=2)
     with pytest.raises(ValueError, match="multiple of world_size \\(2\\) x num_instances \\(4\\) = 8"):
         RandomMultipleGallerySampler(np.repeat(np.arange(8), 4), np.zeros(32, int), batch_size=12,
-                                     num_instances=4, world_size=2)
+                                     num_instances=4, shard=Shard(0, 2))
     with pytest.raises(ValueError, match="fewer than one batch"):
         RandomMultipleGallerySampler([0, 0, 1, 1], [0, 1, 0, 1], batch_size=16, num_instances=4)
     with pytest.raises(ValueError, match="cams is required"):
         RandomMultipleGallerySampler([0, 0], None, batch_size=2, num_instances=2)
     with pytest.raises(ValueError, match="rank"):
-        RandomMultipleGallerySampler([0, 0], [0, 1], batch_size=2, num_instances=2, rank=2, world_size=2)
+        RandomMultipleGallerySampler([0, 0], [0, 1], batch_size=2, num_instances=2, shard=Shard(2, 2))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -63,7 +63,14 @@ class EvalSettings:
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """Stage 1's Jaccard + DBSCAN pseudo-labelling (method.md D.2, D.3)."""
+    """Stage 1's Jaccard + DBSCAN pseudo-labelling (method.md D.2, D.3).
+
+    Attributes:
+        eps: DBSCAN radius on the Jaccard distance (--eps).
+        k1, k2: k-reciprocal and query-expansion neighbours of the intra-modality Jaccard distance.
+        k1_joint, k2_joint: the same for the joint (modality-balanced) Jaccard distance.
+        knn: the exact k-NN search, "torch" or "faiss".
+    """
 
     eps: float
     k1: int
@@ -75,7 +82,8 @@ class ClusterSettings:
 
 @dataclass(frozen=True)
 class MemorySettings:
-    """Stage 1's cluster memories."""
+    """Stage 1's cluster memories: temperature tau, momentum mu of M <- mu*M + (1-mu)*f, and the hard-sample
+    update instead of the sequential one (--use-hard)."""
 
     temp: float
     momentum: float
@@ -117,7 +125,9 @@ class Stage2Batches:
 
 @dataclass(frozen=True)
 class LossSettings:
-    """Stage 2's loss terms (method.md F.6)."""
+    """Stage 2's loss terms (method.md F.6): L = L_id + L_tri + intra_weight L_intra + inter_weight L_inter,
+    the identity loss "soft" (clean-probability weighted) or "plain", the triplet margin, the distance of
+    the intra-modality term ("l1" or "l2") and the first (0-based) epoch of the inter-modality term."""
 
     id_loss: str = "soft"
     margin: float = 0.2
@@ -129,7 +139,13 @@ class LossSettings:
 
 @dataclass(frozen=True)
 class MatchSettings:
-    """Stage 2's multi-memory learning and matching (method.md E)."""
+    """Stage 2's multi-memory learning and matching (method.md E).
+
+    Attributes:
+        num_memories: k-means sub-centres per cluster.
+        matching: "greedy" (many-to-one, released) or "hungarian" (one-to-one, paper).
+        match_cost: "ir2rgb" (released) or "rgb2ir" (paper).
+    """
 
     num_memories: int
     matching: str

@@ -58,7 +58,7 @@ def mmlm_accuracy(artifact_path: str, data_dir: str, seed: int = 0) -> Dict:
     ``ari_rgb_before``), ``ir_unmatched`` and ``rgb_shared``.
     """
     from clustering.ari import matching_ari
-    from clustering.mmlm import multi_memory_matching
+    from clustering.mmlm import MatchOptions, multi_memory_matching
 
     art, (rgb, ir) = load_artifact(artifact_path), load_train("sysu", data_dir)
     (f_rgb, l_rgb), (f_ir, l_ir) = align_to_samples(art, RGB, rgb, data_dir), align_to_samples(art, IR, ir, data_dir)
@@ -67,8 +67,8 @@ def mmlm_accuracy(artifact_path: str, data_dir: str, seed: int = 0) -> Dict:
                  "num_ir_clusters": int(len(np.unique(l_ir[l_ir >= 0]))),
                  "ari_rgb_before": matching_ari(l_rgb, gt_rgb, l_ir, gt_ir)["ari_rgb"]}
     for rule in RULES:
-        new, info = multi_memory_matching(f_rgb, l_rgb, f_ir, l_ir, matching=rule, seed=seed, device="cpu",
-                                          return_info=True)
+        new, info = multi_memory_matching(f_rgb, l_rgb, f_ir, l_ir, MatchOptions(matching=rule, seed=seed),
+                                          device="cpu", return_info=True)
         ids_r = info["cluster_ids_ir"]
         partner = {int(v): int(ids_r[p]) if p >= 0 else -1 for v, p in zip(info["cluster_ids_rgb"], info["partner"])}
         ari = matching_ari(new, gt_rgb, l_ir, gt_ir)

@@ -3,7 +3,6 @@ of each stage with the real step functions, flip-averaged feature extraction, an
 deterministic SYSU-shaped descriptors. Every input is generated here from fixed seeds."""
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Callable, Dict
 
@@ -43,8 +42,8 @@ def _images(n: int, size: dict, gen: torch.Generator, device=None) -> torch.Tens
 def stage1_step(size: dict, device, amp, channels_last: bool, repeat: int) -> float:
     """Seconds of one stage-1 iteration (memory_step + backward + Adam) on synthetic tensors."""
     from memory.cluster_memory import ClusterMemory
+    from utils.device import amp_dtype, grad_scaler, optimizer_step
     from utils.train.stage1_steps import memory_step
-    from utils.device import grad_scaler, optimizer_step
 
     gen = torch.Generator().manual_seed(1)
     model = _model(size, device, channels_last).train()
@@ -52,6 +51,7 @@ def stage1_step(size: dict, device, amp, channels_last: bool, repeat: int) -> fl
     for m in mems:
         m.set_centroids(torch.randn(size["classes"], model.dim, generator=gen).to(device))
     opt = torch.optim.Adam(model.parameters(), lr=3.5e-4, weight_decay=5e-4)
+    amp = amp_dtype(amp, device)  # the --amp value, resolved as a run resolves it
     scaler = grad_scaler(amp, device)
     half = size["s1_views"] // 2
     labels = torch.randint(0, size["classes"], (half,), generator=gen)
@@ -68,13 +68,15 @@ def stage1_step(size: dict, device, amp, channels_last: bool, repeat: int) -> fl
 
 def stage2_step(size: dict, device, amp, channels_last: bool, repeat: int) -> Dict[str, float]:
     """Seconds of one stage-2 training step (forward_batch + batch_losses + SGD) and of one no-grad forward."""
-    from utils.device import grad_scaler, optimizer_step
+    from utils.device import amp_dtype, grad_scaler, optimizer_step
+    from utils.settings import LossSettings
     from utils.train.stage2_steps import batch_losses, forward_batch
 
     gen = torch.Generator().manual_seed(2)
     k, n = size["classes"], size["s2_ids"] * size["s2_pos"]
     model = _model(size, device, channels_last, classes=k).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    amp = amp_dtype(amp, device)
     scaler = grad_scaler(amp, device)
     y = torch.randperm(k, generator=gen)[:size["s2_ids"]].repeat_interleave(size["s2_pos"])
     idx = torch.arange(n)
@@ -82,8 +84,7 @@ def stage2_step(size: dict, device, amp, channels_last: bool, repeat: int) -> Di
              y, y, idx)
     probs = {key: torch.rand(n, generator=gen).to(device) for key in ("v1", "v2", "ir")}
     protos = {key: torch.randn(k, model.dim, generator=gen).to(device) for key in ("v1", "v2", "ir")}
-    opts = argparse.Namespace(id_loss="soft", margin=0.2, intra_weight=0.5, inter_weight=0.05, intra_loss="l1",
-                              inter_start_epoch=0)
+    opts = LossSettings(inter_start_epoch=0)  # every term, at the released weights
 
     def step():
         optimizer_step(sum(batch_losses(forward_batch(model, batch, device, amp), probs, protos, opts, 5).values()),
@@ -98,10 +99,11 @@ def stage2_step(size: dict, device, amp, channels_last: bool, repeat: int) -> Di
 
 def extraction_rate(size: dict, device, amp, channels_last: bool, repeat: int) -> float:
     """Images/s of the flip-averaged stage-1 descriptor (two forwards per image), eval mode."""
-    from utils.device import autocast
+    from utils.device import amp_dtype, autocast
     from utils.evaluation.features import embed_batch
 
     model = _model(size, device, channels_last).eval()
+    amp = amp_dtype(amp, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = _images(size["extract_batch"], size, torch.Generator().manual_seed(3)).to(device, memory_format=fmt)
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.images import ImageDataset
-from data.sample import RGB, Sample
+from data.sample import MODALITIES, RGB, Sample
 from data.transforms import build_test_transform
 from model import input_memory_format
 from utils.device import autocast
@@ -20,12 +20,20 @@ from utils.device import autocast
 @torch.no_grad()
 def embed_batch(model: nn.Module, x: torch.Tensor, modality: str, flip: bool = False,
                 renormalize: bool = True) -> torch.Tensor:
-    """Eval-mode features of one batch (B,3,H,W) -> (B,D).
+    """Eval-mode features of one batch (B,3,H,W) of one ``modality`` ("rgb" or "ir") -> (B,D): the one
+    flip descriptor of the project (test protocols, stage-1 clustering, the benchmarks).
 
     The model's eval forward returns L2-normalised BN-neck features f(x). With ``flip`` the
     descriptor is (f(x) + f(flip x)) / 2, re-normalised when ``renormalize`` (the stage-1
     clustering descriptor of method.md D.2 step 1 is the plain average, ``renormalize=False``).
+    ``model`` may be wrapped (DataParallel); it must be in eval mode (train-mode BatchNorm would use
+    the batch's statistics and update the running ones).
     """
+    if model.training:
+        raise RuntimeError("embed_batch needs the model in eval mode: call model.eval() first")
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+
     def forward(inp):
         return model(x_rgb=inp) if modality == RGB else model(x_ir=inp)
 

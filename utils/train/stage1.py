@@ -1,10 +1,11 @@
 """Stage 1 (method.md A.2, D): intra-modality phase, joint phase, export of the hand-off artifact.
 
-Each epoch of :func:`run_phase`: :func:`cluster_step` (flip-averaged features -> Jaccard/DBSCAN per
-modality, and jointly in the joint phase) -> ``memories_step`` (cluster memories) -> ``loaders_step``
--> :func:`train_epoch` (``--iters`` iterations) -> ``finish_epoch`` (evaluate every ``--eval-step``,
-best mAP, checkpoints; utils/train/epoch_end.py). After both phases :func:`export` writes the
-hand-off to stage 2.
+:func:`run_stage1` runs :func:`run_phase` for each phase; each epoch (:func:`train_one_epoch`):
+:func:`cluster_step` (flip-averaged features -> Jaccard/DBSCAN per modality, and jointly in the joint
+phase) -> ``memories_step`` (cluster memories) -> ``loaders_step`` -> ``--iters`` iterations of
+:func:`epoch_steps` through the shared loop (utils/train/loop.py) -> ``finish_epoch`` (evaluate every
+``--eval-step``, best mAP, checkpoints; utils/train/epoch_end.py). After both phases :func:`export`
+writes the hand-off to stage 2.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from clustering.dbscan import cluster_stats, pseudo_labels
 from data.images import ImageDataset
 from data.sample import IR, RGB, cams_of
-from data.samplers import RandomMultipleGallerySampler
+from data.samplers import RandomMultipleGallerySampler, Shard
 from memory.centroids import cluster_centroids, cross_modal_mask, mixed_centroids
 from memory.cluster_memory import ClusterMemory
 from model import input_memory_format
@@ -108,7 +108,7 @@ def train_loader(samples, labels: np.ndarray, transform, settings: Stage1Setting
     sampler = RandomMultipleGallerySampler(
         labels, cams_of(samples), batch_size=b.batch_size, num_instances=b.num_instances,
         num_batches=b.iters, camera_aware=b.camera_aware, seed=settings.schedule.seed * 1000 + stream,
-        rank=ctx.dist.rank, world_size=ctx.dist.world_size)
+        shard=Shard(ctx.dist.rank, ctx.dist.world_size))
     sampler.set_epoch(epoch)
     ds = ImageDataset(samples, transform, labels=labels, h=d.img_h, w=d.img_w,
                       interpolation=CLUSTER_INTERPOLATION, cache=ctx.cache(CLUSTER_INTERPOLATION))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from clustering.ari import matching_ari
-from clustering.mmlm import multi_memory_matching
+from clustering.mmlm import MatchOptions, multi_memory_matching
 from data.datasets import load_train
 from data.sample import IR, RGB, DataError, pids_of
 from data.transforms import build_train_transforms
@@ -55,8 +55,9 @@ def match_clusters(settings: Stage2Settings, ctx, rgb, ir) -> Dict[str, np.ndarr
     f_ir, l_ir = align_to_samples(art, IR, ir, d.data_dir)
     if (l_rgb >= 0).sum() == 0 or (l_ir >= 0).sum() == 0:
         raise DataError(f"{path}: stage 1 left a modality without any cluster; rerun stage 1 (more epochs, other --eps)")
-    new_rgb, info = multi_memory_matching(f_rgb, l_rgb, f_ir, l_ir, num_memories=m.num_memories,
-                                          matching=m.matching, cost=m.match_cost, seed=settings.schedule.seed,
+    new_rgb, info = multi_memory_matching(f_rgb, l_rgb, f_ir, l_ir,
+                                          MatchOptions(num_memories=m.num_memories, matching=m.matching,
+                                                       cost=m.match_cost, seed=settings.schedule.seed),
                                           device=ctx.device, return_info=True)
     ctx.logger.info(f"MMLM: {int(l_rgb.max()) + 1} rgb -> {int(l_ir.max()) + 1} ir clusters, "
                     f"{info['ir_unmatched']} ir clusters without an rgb partner, {info['rgb_shared']} rgb clusters sharing one, "

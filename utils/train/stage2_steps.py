@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from data.images import ImageDataset, PairedDataset
 from data.samplers import CrossModalIdentitySampler, FullPassSampler
 from memory.prototypes import PrototypeAccumulator
-from model.losses import batch_hard_triplet, intra_modality_loss, inter_modality_loss, soft_id_loss
+from model.losses import ViewInputs, batch_hard_triplet, intra_modality_loss, inter_modality_loss, soft_id_loss
 from model import input_memory_format
 from utils.device import autocast, replica_order
 from utils.distributed import gather_keep_grad, sum_over_ranks_
@@ -173,8 +173,8 @@ def batch_losses(o: Stage2Batch, probs, protos, loss: LossSettings, epoch: int) 
               "tri": batch_hard_triplet(torch.cat([o.rgb1, o.rgb2, o.ir]), y3, margin=loss.margin)}
     if loss.intra_weight > 0:
         losses["intra"] = loss.intra_weight * intra_modality_loss(
-            o.rgb1, o.rgb2, o.ir, o.labels_rgb, o.labels_ir, pa, pb, pt, protos["v1"], protos["v2"], protos["ir"],
-            kind=loss.intra_loss)
+            ViewInputs(o.rgb1, o.labels_rgb, protos["v1"], pa), ViewInputs(o.rgb2, o.labels_rgb, protos["v2"], pb),
+            ViewInputs(o.ir, o.labels_ir, protos["ir"], pt), kind=loss.intra_loss)
     if loss.inter_weight > 0 and epoch >= loss.inter_start_epoch:
         losses["inter"] = loss.inter_weight * inter_modality_loss(o.rgb1, o.rgb2, o.ir, o.labels_rgb, o.labels_ir)
     return losses
