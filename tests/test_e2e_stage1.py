@@ -20,10 +20,13 @@ import signal
 from typing import Dict, List
 
 import numpy as np
+import pytest
 
 from e2e_harness import (Stage1, Synth, Window, assert_ok, assert_refused, check_metric_dict, load_pth,
                          metrics_lines, phase_epochs)
 from e2e_jobs import needs
+
+pytestmark = pytest.mark.slow  # the jobs run the entry points as processes
 
 
 def _check_stage1_resume(s: Stage1, killed_in: str) -> List[Dict]:
