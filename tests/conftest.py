@@ -22,7 +22,7 @@ if ROOT not in sys.path:
 
 # The end-to-end jobs of tests/e2e_jobs.py: one session fixture, so that every test module shares the
 # jobs and none runs twice.
-from e2e_jobs import e2e  # noqa: E402,F401
+from e2e_jobs import SESSION_JOBS, e2e  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,6 +101,12 @@ def pytest_configure(config):
     _install_guard()
     config.addinivalue_line("markers", "e2e_jobs(*names): jobs of tests/e2e_jobs.py that the test reads "
                                        "through the e2e fixture (scheduled when the session starts)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The end-to-end jobs' start and end times, when any ran."""
+    for jobs in SESSION_JOBS:
+        terminalreporter.write_line(jobs.summary())
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -4,12 +4,15 @@ tests/conftest.py).
 Every job generates data or runs entry points as subprocesses on the CPU and returns what the tests check
 (the records of tests/e2e_harness.py); tests/e2e_scheduler.py runs them lazily, two at a time, each at
 most once per session. A test names the jobs it reads with ``@needs(...)`` (the ``e2e_jobs`` marker):
-when the first test asks for the :func:`e2e` fixture, the jobs of all selected tests (and what they
-depend on) are scheduled, so independent jobs overlap, and jobs no selected test needs never run.
+when the session starts (tests/conftest.py asks for the :func:`e2e` fixture before the first test), the
+jobs of all selected tests (and what they depend on) are scheduled, so they run in the background while
+the other tests run (the tests that read jobs go last), independent jobs overlap, and jobs no selected
+test needs never run.
 
-Job names: synth, sysu_stage1, sysu_stage2, testpy_sysu, regdb_stage1, regdb_window,
-rerun_without_resume, testpy_regdb, llcm_chain, bench_quick, and the torchrun jobs ddp_* (tests/e2e_ddp.py). The refusals of test.py and main.py on
-the runs' outputs (:func:`testpy_refusal`, :func:`main_refusal`) run in-process in their tests.
+Job names: synth, sysu_stage1, sysu_stage2, testpy_sysu, regdb_stage1, regdb_window, testpy_regdb,
+llcm_chain, bench_quick, bench_train_small, and the torchrun jobs ddp_* (tests/e2e_ddp.py). The refusals
+of test.py, main.py and baseline_sysu.py on the runs' outputs (:func:`refused_testpy`, :func:`main_refusal`,
+:func:`rerun_without_resume`) run in-process in their tests.
 The SYSU chain (stage 1 -> stage 2 -> test.py) is the longest, so it goes first whenever it is ready.
 """
 from __future__ import annotations
@@ -17,14 +20,16 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 import pytest
 
-from e2e_harness import (STAGE1, STAGE2, TINY, Chain, Stage1, Stage2, Synth, Window, assert_ok, entry_main,
-                         metrics_lines, phase_epochs, run, run_and_interrupt, run_interrupted_at, run_main, run_state)
+from e2e_harness import (STAGE1, STAGE2, TINY, Chain, Stage1, Stage2, Synth, Window, assert_ok, entry_main, flags,
+                         metrics_lines, phase_epochs, run, run_and_interrupt, run_cmd, run_interrupted_at, run_main,
+                         run_state)
 from e2e_ddp import DDP_JOBS
 from e2e_scheduler import Jobs, JobSpec
 
@@ -103,13 +108,14 @@ def _testpy_sysu(jobs: Jobs, out: Path):
                *TINY)
 
 
-def _rerun_without_resume(jobs: Jobs, out: Path):
-    """baseline_sysu.py again into the finished run directory, without --resume; files before/after."""
-    s1: Stage1 = jobs.result("sysu_stage1")
+def rerun_without_resume(e2e: Jobs, capsys):
+    """baseline_sysu.py again (in-process) into the finished SYSU run directory, without --resume: (process,
+    files before, files after)."""
+    s1: Stage1 = e2e.get("sysu_stage1")
     assert_ok(s1.resumed)
     names = ("metrics.jsonl", "log.txt", "args.json")
     before = {n: (s1.run_dir / n).read_bytes() for n in names}
-    proc = run("baseline_sysu.py", *s1.args)
+    proc = run_main(entry_main("baseline_sysu.py"), s1.args, capsys)
     return proc, before, {n: (s1.run_dir / n).read_bytes() for n in names}
 
 
@@ -122,7 +128,7 @@ def _testpy_regdb(jobs: Jobs, out: Path):
                "--resume-net1", s1.run_dir / "final.pth", "--out", out / "regdb.json", *TINY), out / "regdb.json"
 
 
-def testpy_refusal(e2e: Jobs, case: str, out: Path, capsys):
+def refused_testpy(e2e: Jobs, case: str, out: Path, capsys):
     """test.py --dataset sysu, in-process (tests/e2e_harness.py ``run_main``), on a checkpoint it must
     refuse (TESTPY_REFUSALS); returns (process, --out path). Reads the jobs of TESTPY_REFUSAL_NEEDS[case]."""
     synth: Synth = e2e.get("synth")
@@ -137,9 +143,9 @@ def testpy_refusal(e2e: Jobs, case: str, out: Path, capsys):
         ckpt, extra = e2e.get("sysu_stage1").run_dir / "final.pth", ["--arch", "resnet50"]
     if case in ("other_dataset", "other_arch"):
         assert ckpt.is_file()
-    flags = ["--device", "cpu", "--img-h", "32", "--img-w", "16", "--workers", "0"]
+    tiny = flags(TINY, drop=["--arch"])  # the architecture comes from the checkpoint
     return run_main(entry_main("test.py"), ["--dataset", "sysu", "--data-dir", synth.sysu, "--resume-net1", ckpt,
-                                            "--out", out / "result.json", *flags, *extra], capsys), out / "result.json"
+                                            "--out", out / "result.json", *tiny, *extra], capsys), out / "result.json"
 
 
 def main_refusal(e2e: Jobs, case: str, out: Path, capsys):
@@ -215,9 +221,25 @@ def _bench_quick(jobs: Jobs, out: Path):
     return make, proc, bench
 
 
+# scripts/bench_train.py's main(argv) in a process of its own, its returned dict saved as JSON (argv: the script,
+# where to save the dict, the script's flags).
+_CALL_MAIN = ("import json, runpy, sys; "
+              "json.dump(runpy.run_path(sys.argv[1])['main'](sys.argv[3:]), open(sys.argv[2], 'w'))")
+
+
+def _bench_train_small(jobs: Jobs, out: Path):
+    """scripts/bench_train.py on the CPU at its small size with 4 DataLoader workers: (process, --out JSON,
+    JSON of the dict main() returned)."""
+    saved, returned = out / "b.json", out / "returned.json"
+    proc = run_cmd([sys.executable, "-c", _CALL_MAIN, "scripts/bench_train.py", returned,
+                    "--device", "cpu", "--amp-modes", "off", "--loader-images", "6", "--workdir", out / "work",
+                    "--out", saved, "--workers", "4"])
+    return proc, saved, returned
+
+
 # The jobs each refusal reads.
-TESTPY_REFUSAL_NEEDS = {"missing": ("synth",), "not_a_checkpoint": ("synth",), "other_dataset": ("synth", "regdb_stage1"),
-                        "other_arch": ("synth", "sysu_stage1")}
+TESTPY_REFUSAL_NEEDS = {"missing": ("synth",), "not_a_checkpoint": ("synth",),
+                        "other_dataset": ("synth", "regdb_stage1"), "other_arch": ("synth", "sysu_stage1")}
 MAIN_REFUSAL_NEEDS = {"artifact_other_dataset": ("synth", "sysu_stage1", "regdb_stage1"),
                       "artifact_other_trial": ("synth", "regdb_stage1"),
                       "checkpoint_other_dataset": ("synth", "sysu_stage1", "regdb_stage1"),
@@ -230,12 +252,15 @@ JOBS: Dict[str, JobSpec] = {
     "testpy_sysu": JobSpec(_testpy_sysu, ("synth", "sysu_stage2"), 0),
     "regdb_stage1": JobSpec(_regdb_stage1, ("synth",), 1),
     "regdb_window": JobSpec(_regdb_window, ("regdb_stage1",)),
-    "rerun_without_resume": JobSpec(_rerun_without_resume, ("sysu_stage1",)),
     "testpy_regdb": JobSpec(_testpy_regdb, ("synth", "regdb_stage1")),
     "llcm_chain": JobSpec(_llcm_chain, (), 1),
     "bench_quick": JobSpec(_bench_quick, (), 0),
+    "bench_train_small": JobSpec(_bench_train_small, (), 1),
     **DDP_JOBS,
 }
+
+
+SESSION_JOBS: List[Jobs] = []  # the session's jobs, for the summary line at the end (tests/conftest.py)
 
 
 @pytest.fixture(scope="session")
@@ -243,12 +268,12 @@ def e2e(request, tmp_path_factory):
     """The session's jobs (:class:`e2e_scheduler.Jobs`); ``e2e.get(name)`` returns a job's result.
 
     On first use, schedules the jobs that the selected tests name with ``@needs``; at the end of the
-    session, kills whatever still runs (a test stopped early) and prints the job times (shown with -s).
+    session, kills whatever still runs (a test stopped early); tests/conftest.py prints the job times.
     """
     jobs = Jobs(JOBS, tmp_path_factory.mktemp("e2e"))
     jobs.request(*[name for item in request.session.items for mark in item.iter_markers("e2e_jobs")
                    for name in mark.args])
+    SESSION_JOBS.append(jobs)
     yield jobs
     jobs.stop()
-    print("\n" + jobs.summary())
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from data.sample import DataError
+from e2e_harness import assert_ok
+from e2e_jobs import needs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,10 +28,13 @@ def bench():
 
 
 @pytest.mark.slow  # --workers 4: DataLoader worker processes
-def test_bench_runs_small_on_cpu_and_writes_json(bench, tmp_path, capsys):
-    out = tmp_path / "b.json"
-    result = bench.main(["--device", "cpu", "--amp-modes", "off", "--loader-images", "6",
-                         "--workdir", str(tmp_path / "work"), "--out", str(out), "--workers", "4"])
+@needs("bench_train_small")
+def test_bench_runs_small_on_cpu_and_writes_json(bench, e2e):
+    # main(["--device", "cpu", "--amp-modes", "off", "--loader-images", "6", "--workdir", W, "--out", out,
+    # "--workers", "4"]) in a process of its own, in the background: tests/e2e_jobs.py _bench_train_small
+    proc, out, returned = e2e.get("bench_train_small")
+    assert_ok(proc)
+    result = json.load(open(returned))
     saved = json.load(open(out))
     assert saved["size"] == "small" and saved["device"] == "cpu" and saved["workers"] == 4
     for state in ("decoded", "cached"):
@@ -44,7 +49,7 @@ def test_bench_runs_small_on_cpu_and_writes_json(bench, tmp_path, capsys):
     assert all(row["clusters"] > 0 for row in saved["cluster"].values())
     assert set(saved["estimate"]) == {f"{m} {s}" for m in saved["model"] for s in ("decoded", "cached")}
     assert saved == json.loads(json.dumps(result))
-    text = capsys.readouterr().out
+    text = proc.stdout
     assert "images/s on one core" in text and "NOT an estimate" in text  # small sizes say so
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from e2e_harness import (Stage1, Synth, Window, assert_ok, assert_refused, check_metric_dict, load_pth,
                          metrics_lines, phase_epochs)
-from e2e_jobs import needs
+from e2e_jobs import needs, rerun_without_resume
 
 pytestmark = pytest.mark.slow  # the jobs run the entry points as processes
 
@@ -99,11 +99,11 @@ def test_resume_after_kill_between_checkpoint_and_metrics(e2e):
     assert phase_epochs(metrics_lines(w.run_dir)) == [("intra", 1), ("intra", 2), ("joint", 1), ("joint", 2)]
 
 
-@needs("sysu_stage1", "rerun_without_resume")
-def test_baseline_refuses_existing_run_without_resume(e2e):
+@needs("sysu_stage1")
+def test_baseline_refuses_existing_run_without_resume(e2e, capsys):
     """Rerunning into a run directory that holds a run, without --resume: exit 2, nothing touched."""
     s: Stage1 = e2e.get("sysu_stage1")
-    proc, before, after = e2e.get("rerun_without_resume")
+    proc, before, after = rerun_without_resume(e2e, capsys)
     assert_refused(proc, str(s.run_dir), "--resume")
     assert after == before
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from e2e_harness import METRICS, Stage1, Stage2, assert_ok, assert_refused, check_metric_dict, load_pth, metrics_lines
-from e2e_jobs import TESTPY_REFUSAL_NEEDS, needs, testpy_refusal
+from e2e_jobs import TESTPY_REFUSAL_NEEDS, needs, refused_testpy
 
 pytestmark = pytest.mark.slow  # the jobs run the entry points as processes
 
@@ -85,9 +85,9 @@ def test_testpy_regdb_both_directions_on_stage1_checkpoint(e2e):
         ("other_dataset", ["regdb", "--dataset sysu"]),
         ("other_arch", ["resnet18", "--arch resnet50"]),
     ]])
-def test_testpy_refusals(e2e, case, fragments, tmp_path, capsys):
+def test_refused_testpys(e2e, case, fragments, tmp_path, capsys):
     """test.py --dataset sysu refuses (exit 2, one line, no JSON written): a missing file, a file
     that is not a checkpoint, a RegDB checkpoint, a resnet18 checkpoint with --arch resnet50."""
-    proc, out = testpy_refusal(e2e, case, tmp_path, capsys)
+    proc, out = refused_testpy(e2e, case, tmp_path, capsys)
     assert_refused(proc, *fragments)
     assert not out.exists()

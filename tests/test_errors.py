@@ -156,7 +156,8 @@ def test_resume_with_another_arch(synth, stage1_output, tmp_path, capsys):
     ckpt = load_checkpoint(str(stage1_output / "final.pth"))
     atomic_torch_save(dict(ckpt, phase="intra"), str(run_dir / "intra" / "last.pth"))
     args = [a if a != "resnet18" else "resnet34" for a in STAGE1]
-    proc = run("baseline_sysu.py", "--data-dir", synth, "--output-dir", tmp_path / "out", "--resume", *args, capsys=capsys)
+    proc = run("baseline_sysu.py", "--data-dir", synth, "--output-dir", tmp_path / "out", "--resume", *args,
+               capsys=capsys)
     line = assert_one_error(proc, "last.pth", "resnet18", "--arch resnet18")
     assert "Error(s) in loading" not in line
 
@@ -167,7 +168,8 @@ def test_resume_with_another_arch(synth, stage1_output, tmp_path, capsys):
 def test_matching_failure_hint_fits_the_flags(synth, stage1_output, tmp_path, matching, capsys):
     """2 matched clusters for --batch-ids 4: the hint offers --matching hungarian only when not given."""
     proc = run("main.py", "--dataset", "sysu", "--data-dir", synth, "--output-dir", tmp_path / "out",
-               "--resume_net1", stage1_output / "final.pth", "--matching", matching, "--batch-ids", "4", *TINY, capsys=capsys)
+               "--resume_net1", stage1_output / "final.pth", "--matching", matching, "--batch-ids", "4", *TINY,
+               capsys=capsys)
     line = assert_one_error(proc, "--batch-ids 4")
     assert ("--matching hungarian" in line) == (matching == "greedy"), line
 
