@@ -1,5 +1,5 @@
-"""Shared pytest configuration: CPU only, one intra-op thread per test, the end-to-end jobs started with the
-session (they run beside the other tests), and the fast lane's guard.
+"""Shared pytest configuration: CPU only; the end-to-end jobs start with the session and run beside the
+other tests (one torch thread per test meanwhile); the fast lane's guard.
 
 The fast lane (``-m "not slow"``) starts no process. :func:`_process_guard` enforces it: while a test
 that is not marked ``slow`` sets up, runs or tears down, starting a process (``subprocess``,
@@ -115,10 +115,15 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: item.get_closest_marker("e2e_jobs") is not None)
 
 
+_THREADS = {"torch": None}  # torch threads per test; None: torch's default (one per core)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _start_e2e_jobs(request):
-    """Start the jobs the selected tests read as soon as the session starts (none in the fast lane)."""
+    """Start the jobs the selected tests read as soon as the session starts (none in the fast lane); while
+    they run, each test gets one torch thread (:func:`_threads`)."""
     if any(item.get_closest_marker("e2e_jobs") is not None for item in request.session.items):
+        _THREADS["torch"] = 1
         request.getfixturevalue("e2e")
 
 
@@ -127,13 +132,16 @@ def _start_e2e_jobs(request):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Run every test with one torch thread (the end-to-end jobs run beside the tests on a 2-core machine;
-    more threads only add contention) and restore the previous setting afterwards."""
+def _threads():
+    """One torch thread per test while the end-to-end jobs run beside the tests (two single-threaded jobs
+    and the tests share a 2-core machine: more threads only add contention); torch's default, one per core,
+    when no job runs (the fast lane: the machine's cores halve its longest tests). The previous setting is
+    restored afterwards."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if _THREADS["torch"] is not None:
+        torch.set_num_threads(_THREADS["torch"])
     yield
     torch.set_num_threads(before)
 
