@@ -85,7 +85,7 @@ def test_testpy_regdb_both_directions_on_stage1_checkpoint(e2e):
         ("other_dataset", ["regdb", "--dataset sysu"]),
         ("other_arch", ["resnet18", "--arch resnet50"]),
     ]])
-def test_refused_testpys(e2e, case, fragments, tmp_path, capsys):
+def test_testpy_refusals(e2e, case, fragments, tmp_path, capsys):
     """test.py --dataset sysu refuses (exit 2, one line, no JSON written): a missing file, a file
     that is not a checkpoint, a RegDB checkpoint, a resnet18 checkpoint with --arch resnet50."""
     proc, out = refused_testpy(e2e, case, tmp_path, capsys)
