@@ -5,7 +5,7 @@ checkpoint and the pseudo-label artifact that main.py (stage 2) starts from.
 """
 import sys
 
-from utils.cli import baseline_main, run_cli
+from utils.cli import stage1_main, run_cli
 
 if __name__ == "__main__":
-    sys.exit(run_cli(lambda argv: baseline_main("regdb", argv)))
+    sys.exit(run_cli(lambda argv: stage1_main("regdb", argv)))

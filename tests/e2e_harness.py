@@ -1,7 +1,10 @@
-"""Helpers of the end-to-end tests (tests/test_e2e_*.py, tests/test_llcm.py): the small but real settings
-of the entry points, a subprocess runner that can kill everything it started when the test session is
-interrupted, interruption of a run at a checkpoint, the assertions shared by the tests, and the records the
-jobs of tests/e2e_jobs.py hand to the tests.
+"""The one subprocess runner and the one set of tiny flags of the test suite, with the helpers of the
+end-to-end tests: interruption of a run at a checkpoint, an in-process runner for entry points, the
+assertions shared by the tests, and the records the jobs of tests/e2e_jobs.py hand to the tests.
+
+Every test that runs an entry point or a script goes through :func:`run` (``python <script>``) or
+:func:`run_cmd` (any command), or, where the process itself is not under test, :func:`run_main` (the
+entry's ``main(argv)`` through ``utils.cli.run_cli`` in this process, same exit code and output).
 
 Kills (SIGKILL) wait for a checkpoint *and* its metrics line before sending the signal, so the kill never
 depends on timing (the next write is a whole epoch away); the window between those two writes is tested on
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -35,6 +39,28 @@ STAGE1 = TINY + ["--pretrained", "none", "--epochs", "2", "--iters", "2", "--bat
 # leaves only a handful of ir clusters, and how many depends on the CPU's rounding (3 on some machines).
 STAGE2 = TINY + ["--epochs", "2", "--warm-epochs", "1", "--lr", "0.02", "--matching", "hungarian",
                  "--batch-ids", "2", "--num-pos", "4", "--eval-step", "2"]
+
+
+def flags(base: Sequence[str], drop: Sequence[str] = (), **values) -> List[str]:
+    """``base`` with ``--<name>`` set to each of ``values`` (``batch_size=8`` sets ``--batch-size 8``;
+    replaced where present, appended where not) and the flags in ``drop`` (with their value, if any)
+    removed. E.g. ``flags(STAGE1, epochs=1, eval_step=0, drop=["--report-ari"])``."""
+    out: List[str] = []
+    names = {"--" + k.replace("_", "-"): str(v) for k, v in values.items()}
+    i = 0
+    while i < len(base):
+        arg = str(base[i])
+        takes_value = i + 1 < len(base) and not str(base[i + 1]).startswith("--")
+        if arg in drop or arg in names:
+            i += 2 if takes_value else 1
+            continue
+        out.append(arg)
+        i += 1
+    for name, value in names.items():
+        out += [name, value]
+    return out
+
+
 RANKS = ("r1", "r5", "r10", "r20")
 METRICS = set(RANKS) | {"mAP", "mINP"}
 TIMEOUT = 900  # seconds per subprocess; generous for a loaded machine, only there to stop a hang
@@ -53,11 +79,12 @@ _LIVE_LOCK = threading.Lock()
 _STOPPING = threading.Event()           # set on Ctrl-C: no new subprocess starts
 
 
-def _start(cmd: List[str], env: Optional[Dict[str, str]] = None, **kwargs) -> subprocess.Popen:
+def _start(cmd: List[str], env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None,
+           **kwargs) -> subprocess.Popen:
     with _LIVE_LOCK:
         if _STOPPING.is_set():
             raise RuntimeError("test session interrupted")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env or ENV, text=True, **kwargs)
+        proc = subprocess.Popen(cmd, cwd=cwd or ROOT, env=env or ENV, text=True, **kwargs)
         _LIVE.add(proc)
     return proc
 
@@ -76,19 +103,61 @@ def kill_live() -> None:
                 proc.kill()
 
 
-def run(script: str, *args, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """Run ``python <script> args`` from the repository root; stdout and stderr captured as text."""
-    cmd = [sys.executable, script, *[str(a) for a in args]]
-    proc = _start(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def run_cmd(cmd: Sequence, timeout: float = TIMEOUT, env: Optional[Dict[str, str]] = None,
+            cwd: Optional[Path] = None, **popen) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (from the repository root unless ``cwd``); stdout and stderr captured as text; stdin
+    closed. ``env`` replaces the environment (default :data:`ENV`); ``popen``: more ``Popen`` arguments
+    (``preexec_fn``). A run still going after ``timeout`` seconds is killed and fails the test."""
+    cmd = [str(a) for a in cmd]
+    proc = _start(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                  **popen)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"{script} did not finish within {timeout}s:\n{out[-2000:]}\n{err[-2000:]}") from None
+        raise AssertionError(f"{cmd} did not finish within {timeout}s:\n{out[-2000:]}\n{err[-2000:]}") from None
     finally:
         _forget(proc)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run(script: str, *args, timeout: float = TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python <script> args`` from the repository root (:func:`run_cmd`; ``script`` relative to it)."""
+    return run_cmd([sys.executable, script, *args], timeout=timeout, **kwargs)
+
+
+def run_main(main, argv: Sequence, capsys) -> subprocess.CompletedProcess:
+    """An entry point's ``main(argv)`` run in this process as its script runs it (``utils.cli.run_cli``:
+    one-line errors, exit status), with what it printed (pytest's ``capsys``), as a CompletedProcess:
+    what :func:`assert_ok` and :func:`assert_refused` check. A usage error (argparse) gives exit 2 and
+    argparse's lines, as from the real script; a bug raises, as the script would print a traceback."""
+    from utils.cli import run_cli
+
+    argv = [str(a) for a in argv]
+    capsys.readouterr()
+    try:
+        code = run_cli(main, argv)
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(["<main>", *argv], code, printed.out, printed.err)
+
+
+def entry_main(script: str):
+    """``main(argv)`` of an entry script: ``baseline_<dataset>.py``, ``main.py``, ``test.py``, or a
+    script of scripts/ (``scripts/inspect_dataset.py``)."""
+    import importlib
+
+    name = script[:-3] if script.endswith(".py") else script
+    if name.startswith("baseline_"):
+        from utils.cli import stage1_main
+
+        dataset = name[len("baseline_"):]
+        return lambda argv: stage1_main(dataset, argv)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(name.replace("/", ".")).main
 
 
 @dataclass
@@ -128,32 +197,18 @@ def run_and_interrupt(script: str, args: Sequence, checkpoint: Path, run_dir: Pa
     return Interrupted(signalled, proc.returncode, log.read_text())
 
 
-# Installed as sitecustomize (PYTHONPATH) by run_interrupted_at: an observer of the training events
-# (utils/train/callbacks.py) that sends the process a real SIGINT, as Ctrl-C does, at one chosen event.
-_INTERRUPT_HOOK = """
-import os, signal, sys
-sys.path.insert(0, {root!r})
-from utils.train.callbacks import OBSERVERS
-def _interrupt(event, rank, stage, phase=None, epoch=None, **info):
-    if event == {event!r} and stage == {stage!r} and epoch == {epoch!r}:
-        open({marker!r}, "w").close()
-        os.kill(os.getpid(), signal.SIGINT)
-OBSERVERS.add(_interrupt)
-"""
-
-
 def run_interrupted_at(script: str, args: Sequence, stage: str, epoch: int, workdir: Path, log: Path,
                        event: str = "epoch_end", timeout: float = TIMEOUT) -> Interrupted:
-    """Run ``script`` and send it SIGINT from inside at ``event`` of ``stage``'s 1-based ``epoch``
-    (``epoch_end`` comes before that epoch's checkpoint): the interruption lands at the same point of
-    the run whatever the machine's speed. ``signalled``: whether the event came."""
-    hook, marker = workdir / "interrupt_hook", workdir / "interrupt_sent"
-    hook.mkdir(parents=True, exist_ok=True)
-    (hook / "sitecustomize.py").write_text(_INTERRUPT_HOOK.format(root=str(ROOT), event=event, stage=stage,
-                                                                  epoch=epoch, marker=str(marker)))
-    cmd = [sys.executable, script, *[str(a) for a in args]]
+    """Run ``script`` (a training entry point) through tests/observed_run.py with an observer that sends
+    the process SIGINT from inside at ``event`` of ``stage``'s 1-based ``epoch`` (``epoch_end`` comes
+    before that epoch's checkpoint): the interruption lands at the same point of the run whatever the
+    machine's speed. ``signalled``: whether the event came."""
+    spec, marker = workdir / "interrupt.json", workdir / "interrupt_sent"
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps({"interrupt": {"event": event, "stage": stage, "epoch": epoch, "marker": str(marker)}}))
+    cmd = [sys.executable, str(ROOT / "tests" / "observed_run.py"), str(spec), script, *[str(a) for a in args]]
     with open(log, "w") as out:
-        proc = _start(cmd, env={**ENV, "PYTHONPATH": str(hook)}, stdout=out, stderr=subprocess.STDOUT)
+        proc = _start(cmd, env=ENV, stdout=out, stderr=subprocess.STDOUT)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -187,6 +242,22 @@ def assert_refused(proc: subprocess.CompletedProcess, *fragments: str) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), describe(proc)
     for frag in fragments:
         assert frag in lines[0], f"{frag!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+ERROR_LINE = re.compile(r"(^|: )error: ")
+
+
+def assert_one_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, no traceback (nor a DataLoader worker's), exactly one error line on stderr (``error: ...``
+    or argparse's ``prog: error: ...``), containing every fragment; returns the line."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "Traceback" not in out and "Caught " not in out, out[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if ERROR_LINE.search(line)]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
 
 
@@ -267,3 +338,12 @@ class Window:
     run_dir: Path
     lines_before: List[tuple]
     resumed: subprocess.CompletedProcess
+
+
+@dataclass
+class Chain:
+    """Entry points run one after the other on generated data (each only if the one before succeeded)."""
+
+    data: Path
+    out: Path                               # --output-dir
+    runs: List[subprocess.CompletedProcess]

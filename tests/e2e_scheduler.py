@@ -41,6 +41,7 @@ class Jobs:
         self._running = 0
         self._stopped = False
         self._t0 = time.monotonic()
+        self.started_at: Dict[str, float] = {}  # seconds from the first request to each job's start
         self.done_at: Dict[str, float] = {}     # seconds from the first request to each job's end
 
     def request(self, *names: str) -> None:
@@ -92,10 +93,10 @@ class Jobs:
         kill_live()
 
     def summary(self) -> str:
-        """One line: wall time so far and each finished job's end time, in order."""
+        """One line: wall time so far and each finished job's start and end time, in order of their end."""
         ends = sorted(self.done_at.items(), key=lambda kv: kv[1])
-        return (f"e2e jobs: {time.monotonic() - self._t0:.0f}s wall since the first request; per job (s, from "
-                "then): " + ", ".join(f"{k} {v:.0f}" for k, v in ends))
+        return (f"e2e jobs: {time.monotonic() - self._t0:.0f}s wall since the first request; per job (start-end, s "
+                "from then): " + ", ".join(f"{k} {self.started_at.get(k, 0):.0f}-{v:.0f}" for k, v in ends))
 
     def _add(self, name: str) -> None:
         if name in self._futures:
@@ -118,6 +119,7 @@ class Jobs:
 
     def _run(self, name: str) -> None:
         fut, spec = self._futures[name], self._specs[name]
+        self.started_at[name] = time.monotonic() - self._t0
         try:
             failed = [d for d in spec.deps if self._futures[d].exception() is not None]
             if failed:

@@ -114,11 +114,11 @@ def test_configure_backends_leaves_a_cpu_run_alone(monkeypatch):
 
 def test_fp16_on_cpu_is_refused_before_a_run_writes_anything(tiny_sysu, tmp_path, capsys):
     """--amp is resolved once, when the run's context is made: fp16 on a CPU stops there in one line."""
-    from utils.cli import baseline_main, run_cli
+    from utils.cli import stage1_main, run_cli
 
     argv = ["--data-dir", str(tiny_sysu), "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--amp", "fp16",
             "--arch", "resnet18", "--pretrained", "none"]
-    assert run_cli(lambda a: baseline_main("sysu", a), argv) == 2
+    assert run_cli(lambda a: stage1_main("sysu", a), argv) == 2
     assert capsys.readouterr().err.startswith("error: --amp fp16 needs a GPU")
     assert not (tmp_path / "out").exists()
 
@@ -161,14 +161,14 @@ def test_channels_last_model_and_inputs():
 
 
 def test_bare_amp_flag_keeps_old_command_lines():
-    from utils.args import mmm_parser, parse
+    from utils.args import stage2_parser, parse
 
     need = ["--dataset", "sysu", "--data-dir", "D", "--resume-net1", "c.pth"]
-    assert parse(mmm_parser(), need + ["--amp"]).amp is True
-    assert parse(mmm_parser(), need).amp == "off"
-    assert parse(mmm_parser(), need + ["--amp", "fp16", "--channels-last"]).channels_last is True
+    assert parse(stage2_parser(), need + ["--amp"]).amp is True
+    assert parse(stage2_parser(), need).amp == "off"
+    assert parse(stage2_parser(), need + ["--amp", "fp16", "--channels-last"]).channels_last is True
     with pytest.raises(SystemExit):
-        parse(mmm_parser(), need + ["--amp", "fp32"])
+        parse(stage2_parser(), need + ["--amp", "fp32"])
 
 
 def test_replicas_autocast_to_the_callers_dtype_in_their_threads(monkeypatch):

@@ -132,6 +132,7 @@ def test_bench_eval_and_bench_mmlm_run_on_small_inputs(small, capsys):
     assert "ARI after matching" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # bench_clustering.py runs each case in a worker process
 def test_bench_clustering_runs_on_small_inputs(small, tmp_path):
     from scripts import bench_clustering
 

@@ -3,11 +3,12 @@ known answers, the refusal of a folder that is not SYSU-MM01, and one quick end-
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+from e2e_harness import assert_ok, run_cmd, run_main
+from e2e_jobs import needs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "bench_learning.py")
@@ -57,34 +58,33 @@ def test_chance_level_matches_theory():
     assert chance["mean"]["mAP"] == pytest.approx(100 * sum(1 / k for k in range(1, n + 1)) / n, abs=1.5)
 
 
-def test_refuses_a_folder_that_is_not_sysu(tmp_path):
-    proc = subprocess.run([sys.executable, SCRIPT, "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_refuses_a_folder_that_is_not_sysu(tmp_path, bench, capsys):
+    proc = run_main(bench.main, ["--data-dir", str(tmp_path), "--out", str(tmp_path / "out")], capsys)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "cam1" in lines[0], proc.stderr
 
 
-def test_refuses_to_overwrite_a_previous_run_without_force(tmp_path):
+def test_refuses_to_overwrite_a_previous_run_without_force(tmp_path, bench, capsys):
     for name in [f"cam{c}" for c in range(1, 7)] + ["exp"]:
         (tmp_path / "data" / name).mkdir(parents=True)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "learning.json").write_text("{}")
-    proc = subprocess.run([sys.executable, SCRIPT, "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_main(bench.main, ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")], capsys)
     assert proc.returncode == 2 and "--force" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_refuses_an_out_folder_that_cannot_be_created(tmp_path):
+def test_refuses_an_out_folder_that_cannot_be_created(tmp_path, bench, capsys):
     for name in [f"cam{c}" for c in range(1, 7)] + ["exp"]:
         (tmp_path / "data" / name).mkdir(parents=True)
-    proc = subprocess.run([sys.executable, SCRIPT, "--data-dir", str(tmp_path / "data"), "--out", "/proc/no/out",
-                           "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_main(bench.main, ["--data-dir", str(tmp_path / "data"), "--out", "/proc/no/out",
+                                 "--threads", "1"], capsys)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: --out /proc/no/out"), proc.stderr
 
 
+@pytest.mark.slow  # the stage is a process
 def test_failing_stage_names_itself_and_its_log(bench, tmp_path):
     from data.sample import DataError
 
@@ -96,7 +96,8 @@ def test_failing_stage_names_itself_and_its_log(bench, tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_run_end_to_end_joint_step_trains(tmp_path, bench):
+@needs("bench_quick")
+def test_quick_run_end_to_end_joint_step_trains(e2e, bench):
     """The defaults (two-stream MobileNetV2, the package's ImageNet weights) -> bench --quick: test.py on
     the untrained network, both stages and test.py on their checkpoints run through the entry points; the joint
     phase forms cross-modality clusters and really trains, stage 2 runs with the default greedy matching, and
@@ -107,16 +108,8 @@ def test_quick_run_end_to_end_joint_step_trains(tmp_path, bench):
     infrared images, ImageNet features need a few hundred steps before it does: README "What to expect")."""
     from model.weights import PACKAGE_SHA256
 
-    data, out = tmp_path / "data", tmp_path / "bench"
-    subprocess.run([sys.executable, "scripts/make_synthetic.py", "--layout", "sysu", "--out", str(data), "--ids",
-                    "20", "--seed", "4", "--images-per-cam", "4", "6"], cwd=ROOT, check=True, capture_output=True,
-                   timeout=300)
-    infrared_shows_visible(data)
-    # --threads 1: on a shared 2-core machine two OpenMP threads per stage can run several times slower
-    # 64x32 keeps the five processes quick; the default size's command lines: test_stage_command_lines_parse
-    proc = subprocess.run([sys.executable, SCRIPT, "--data-dir", str(data), "--out", str(out), "--quick",
-                           "--img-h", "64", "--img-w", "32", "--threads", "1"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+    make_data, proc, out = e2e.get("bench_quick")  # the runs: tests/e2e_jobs.py _bench_quick
+    assert_ok(make_data)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.load(open(out / "learning.json"))
     assert set(bench.JSON_KEYS) <= set(report)
@@ -148,28 +141,17 @@ def test_quick_run_end_to_end_joint_step_trains(tmp_path, bench):
     assert "MMLM" in proc.stdout and "chance" in proc.stdout
 
 
-def infrared_shows_visible(root) -> None:
-    """Overwrite every infrared image (SYSU-MM01 cameras 3 and 6) with one of the same person's visible images."""
-    import shutil
-
-    for cam in ("cam3", "cam6"):
-        for person in sorted((root / cam).iterdir()):
-            visible = sorted(f for c in (1, 2, 4, 5) for f in (root / f"cam{c}" / person.name).glob("*.jpg"))
-            for i, image in enumerate(sorted(person.glob("*.jpg")) if visible else ()):
-                shutil.copyfile(visible[i % len(visible)], image)
-
-
 @pytest.mark.parametrize("quick", [False, True])
 def test_stage_command_lines_parse(bench, quick, tmp_path):
     """The entry-point calls the benchmark (and so scripts/demo.sh) makes are accepted by the real parsers,
     with the documented settings: a renamed flag fails here, not in a user's run."""
-    from utils.args import baseline_parser, mmm_parser, parse
+    from utils.args import stage1_parser, stage2_parser, parse
 
     spec = importlib.util.spec_from_file_location("mmm_test_entry", os.path.join(ROOT, "test.py"))
     test_entry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(test_entry)
-    parsers = {"baseline_sysu.py": lambda a: parse(baseline_parser("sysu"), a, dataset="sysu"),
-               "main.py": lambda a: parse(mmm_parser(), a), "test.py": lambda a: parse(test_entry.build_parser(), a)}
+    parsers = {"baseline_sysu.py": lambda a: parse(stage1_parser("sysu"), a, dataset="sysu"),
+               "main.py": lambda a: parse(stage2_parser(), a), "test.py": lambda a: parse(test_entry.build_parser(), a)}
     args = bench.build_parser().parse_args(["--data-dir", "D"] + ["--quick"] * quick)
     paths = {"data": "D", "out": str(tmp_path), "init": str(tmp_path / "init.pth"), "stage1": str(tmp_path / "s1"),
              "stage2": str(tmp_path / "s2")}
@@ -219,6 +201,7 @@ def test_summary_compares_each_row_with_the_one_it_builds_on(bench):
     assert (s["init_r1_x_chance"], s["stage2_mAP_x_chance"]) == (3.0, 3.0)
 
 
+@pytest.mark.slow
 def test_demo_never_writes_into_a_folder_it_did_not_make(tmp_path):
     """scripts/demo.sh OUT where OUT holds someone's files (no .mmm_demo marker): one line, exit 2, nothing
     written or deleted; an OUT that is a file likewise."""
@@ -230,8 +213,7 @@ def test_demo_never_writes_into_a_folder_it_did_not_make(tmp_path):
     for target in (out, tmp_path / "afile"):
         if target.name == "afile":
             target.write_text("x")
-        proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "demo.sh"), str(target)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        proc = run_cmd(["bash", os.path.join(ROOT, "scripts", "demo.sh"), str(target)], timeout=60)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
         assert str(target) in lines[0] and proc.stdout == ""

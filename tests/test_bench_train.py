@@ -4,16 +4,15 @@ of the program it calls)."""
 import importlib.util
 import json
 import os
-import re
-import subprocess
 
 import pytest
 import torch
 
 from data.sample import DataError
+from e2e_harness import assert_ok
+from e2e_jobs import needs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GPU_CHECK = os.path.join(ROOT, "scripts", "gpu_check.sh")
 
 
 def _load(rel: str, name: str):
@@ -28,10 +27,14 @@ def bench():
     return _load("scripts/bench_train.py", "bench_train_under_test")
 
 
-def test_bench_runs_small_on_cpu_and_writes_json(bench, tmp_path, capsys):
-    out = tmp_path / "b.json"
-    result = bench.main(["--device", "cpu", "--amp-modes", "off", "--loader-images", "6",
-                         "--workdir", str(tmp_path / "work"), "--out", str(out), "--workers", "4"])
+@pytest.mark.slow  # --workers 4: DataLoader worker processes
+@needs("bench_train_small")
+def test_bench_runs_small_on_cpu_and_writes_json(bench, e2e):
+    # main(["--device", "cpu", "--amp-modes", "off", "--loader-images", "6", "--workdir", W, "--out", out,
+    # "--workers", "4"]) in a process of its own, in the background: tests/e2e_jobs.py _bench_train_small
+    proc, out, returned = e2e.get("bench_train_small")
+    assert_ok(proc)
+    result = json.load(open(returned))
     saved = json.load(open(out))
     assert saved["size"] == "small" and saved["device"] == "cpu" and saved["workers"] == 4
     for state in ("decoded", "cached"):
@@ -46,7 +49,7 @@ def test_bench_runs_small_on_cpu_and_writes_json(bench, tmp_path, capsys):
     assert all(row["clusters"] > 0 for row in saved["cluster"].values())
     assert set(saved["estimate"]) == {f"{m} {s}" for m in saved["model"] for s in ("decoded", "cached")}
     assert saved == json.loads(json.dumps(result))
-    text = capsys.readouterr().out
+    text = proc.stdout
     assert "images/s on one core" in text and "NOT an estimate" in text  # small sizes say so
 
 
@@ -72,15 +75,6 @@ def test_bench_refuses_fp16_on_cpu(bench, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ gpu_check.sh
-def test_gpu_check_bash_syntax():
-    assert subprocess.run(["bash", "-n", GPU_CHECK], capture_output=True).returncode == 0
-
-
-def test_gpu_check_keeps_to_eight_minutes():
-    """Every check's time comes out of one budget of at most 8 minutes (the command lines themselves are checked
-    against the real parsers by tests/test_gpu_paths_steps.py, which runs the script with a stand-in python)."""
-    budget = int(re.search(r"^BUDGET=(\d+)", open(GPU_CHECK).read(), flags=re.M).group(1))
-    assert budget <= 480
 
 
 # ------------------------------------------------------------------------------------------------ loaders
@@ -94,6 +88,7 @@ class _Pairs(torch.utils.data.Dataset):
         return torch.tensor(index)
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_stage2_loader_keeps_its_workers_across_passes():
     """utils.train.stage2_steps.loader: with workers one persistent DataLoader per dataset serves every pass, each
     pass iterating the sampler it was given; without workers a plain loader per pass."""

@@ -135,6 +135,7 @@ def test_cluster_stats():
     assert empty["num_clusters"] == 0 and empty["sizes"]["max"] == 0
 
 
+@pytest.mark.slow  # bench_clustering.py runs each case in a worker process
 def test_bench_script_on_tiny_inputs(tmp_path):
     from scripts import bench_clustering
     f, y = gaussian_blobs([20, 25, 30], n_outliers=3, seed=5)

@@ -6,16 +6,11 @@
   synthetic data: identical pseudo-labels, memories and model state on both ranks, files written by
   rank 0 only, resume; the same stage 1 in one process gives the same first clustering.
 
-The runs report what each rank trained on through an observer of the training events
-(utils/train/callbacks.py) that a ``sitecustomize`` module on ``PYTHONPATH`` installs in every process.
+The runs (jobs of tests/e2e_ddp.py) report what each rank trained on through an observer of the training
+events (utils/train/callbacks.py) that tests/observed_run.py passes to every process.
 """
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,13 +19,15 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from data.sample import DataError
+from e2e_ddp import WORLD
+from e2e_jobs import needs
 from utils.distributed import DistInfo, gather_keep_grad, mean_over_ranks, run_on_main, sync_buffers
+from utils.settings import LossSettings
 from utils.train.stage2_steps import Stage2Batch, batch_losses, gather_outputs
 
-pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                                reason="needs torch.distributed with gloo")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORLD = 2
+pytestmark = [pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                                 reason="needs torch.distributed with gloo"),
+              pytest.mark.slow]  # every test starts processes (mp.spawn, torchrun)
 
 # ----------------------------------------------------------------------------- helpers in 2 ranks
 
@@ -49,14 +46,13 @@ class _Tiny(nn.Module):
 
 
 def _stage2_losses(model, v1, v2, t, y, idx, probs, protos, dist):
-    """batch_losses of a (local) batch through gather_outputs, as utils/train/stage2.train_epoch does."""
+    """batch_losses of a (local) batch through gather_outputs, as utils/train/stage2.batch_step does."""
     pool, logits = model(torch.cat([v1, v2, t]))
     n = len(v1)
     o = Stage2Batch(rgb1=pool[:n], rgb2=pool[n:2 * n], ir=pool[2 * n:], logits=logits, labels_rgb=y, labels_ir=y,
                     index_rgb=idx, index_ir=idx)
-    args = SimpleNamespace(id_loss="soft", margin=0.2, intra_weight=0.5, inter_weight=0.05,
-                           inter_start_epoch=0, intra_loss="l1")
-    return batch_losses(gather_outputs(o, dist), probs, protos, args, epoch=1)
+    loss = LossSettings(inter_start_epoch=0)  # every term, at the released weights
+    return batch_losses(gather_outputs(o, dist), probs, protos, loss, epoch=1)
 
 
 def _helpers_worker(rank, init_file):
@@ -104,56 +100,7 @@ def test_helpers_in_two_ranks(tmp_path):
     mp.spawn(_helpers_worker, args=(str(tmp_path / "init"),), nprocs=WORLD, join=True)
 
 # ----------------------------------------------------------------------------- torchrun end to end
-
-
-STAGE1 = ("--arch resnet18 --pretrained none --img-h 32 --img-w 16 --epochs 1 --iters 2 --batch-size 16 "
-          "--num-instances 4 --k1 15 --eps 0.45 --k1-joint 20 --k2-joint 10 --eval-step 0 --workers 0 "
-          "--device cpu").split()
-STAGE2 = ("--arch resnet18 --pretrained none --img-h 32 --img-w 16 --epochs 2 --warm-epochs 1 --matching "
-          "hungarian --batch-ids 2 --num-pos 4 --lr 0.01 --eval-step 0 --workers 0 --device cpu").split()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# Loaded through PYTHONPATH as sitecustomize by every run below (every rank, and the torchrun launcher,
-# which never hears an event): records what each rank trained on into {folder}:
-# <stage>[_<phase>][_e<epoch>]_<event>_rank<r>.npz, and the checkpoints it wrote into writes_rank<r>.txt.
-_RECORDER = '''
-import os
-import sys
-sys.path.insert(0, {root!r})
-from utils.train.callbacks import OBSERVERS
-def _record(event, rank, stage, phase=None, epoch=None, values=None, path=None):
-    import numpy as np
-    import torch
-    os.makedirs({folder!r}, exist_ok=True)
-    if event == "checkpoint":
-        with open(os.path.join({folder!r}, "writes_rank%d.txt" % rank), "a") as f:
-            f.write(os.path.abspath(path) + "\\n")
-        return
-    name = "_".join(x for x in (stage, phase, "e%d" % epoch if epoch else None, event) if x)
-    arrays = {{k: v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in values().items()}}
-    np.savez(os.path.join({folder!r}, "%s_rank%d.npz" % (name, rank)), **arrays)
-OBSERVERS.add(_record)
-'''
-
-
-def _run(script, args, debug_dir, nproc=WORLD, controlled=False):
-    """Run an entry script (under torchrun when nproc > 1) with the recording observer (and with
-    :data:`_CONTROLLED` when ``controlled``); returns the process."""
-    hook = debug_dir.parent / f"{debug_dir.name}_hook"
-    hook.mkdir(parents=True, exist_ok=True)
-    code = _RECORDER.format(root=ROOT, folder=str(debug_dir))
-    (hook / "sitecustomize.py").write_text(code + (_CONTROLLED.format(root=ROOT) if controlled else ""))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(hook))
-    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                                      "--master_port", str(_free_port())]
-    return subprocess.run([sys.executable, *launcher, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+# The runs are jobs (tests/e2e_ddp.py, run in the background once per session); the tests check what they left.
 
 
 def _check(proc):
@@ -189,18 +136,15 @@ def _written(debug_dir):
 
 
 @pytest.fixture(scope="module")
-def stage1(tmp_path_factory):
-    """Synthetic SYSU-MM01 and a stage-1 run under torchrun: paths of data, run dir, debug dir."""
-    from data.synthetic import generate_sysu
-
-    tmp = tmp_path_factory.mktemp("dist")
-    data = str(tmp / "sysu")
-    generate_sysu(data, ids=24, seed=0)
-    out = SimpleNamespace(tmp=tmp, data=data, output=tmp / "ddp", run=tmp / "ddp" / "sysu" / "baseline", dbg=tmp / "dbg")
-    _check(_run("baseline_sysu.py", ["--data-dir", data, "--output-dir", str(out.output), *STAGE1], out.dbg))
+def stage1(e2e):
+    """Synthetic SYSU-MM01 and a stage-1 run under torchrun: paths of data, run dir, debug dir (the
+    ``ddp_stage1`` job)."""
+    out = e2e.get("ddp_stage1")
+    _check(out.proc)
     return out
 
 
+@needs("ddp_stage1")
 def test_stage1_ranks_agree_and_rank0_writes(stage1):
     for name in ("stage1_intra_e1_labels", "stage1_joint_e1_labels", "stage1_intra_e1_epoch_end",
                  "stage1_joint_e1_epoch_end"):
@@ -212,14 +156,11 @@ def test_stage1_ranks_agree_and_rank0_writes(stage1):
     assert (stage1.run / "log.txt").read_text().count("training images:") == 1
 
 
-def test_stage1_resume(stage1):
+@needs("ddp_stage1", "ddp_resume")
+def test_stage1_resume(stage1, e2e):
     """Both ranks resume from rank 0's checkpoints: the phases are complete, the export is redone."""
-    output = stage1.tmp / "resumed"
-    shutil.copytree(stage1.output, output)
-    os.remove(output / "sysu" / "baseline" / "final.pth")
-    dbg = stage1.tmp / "dbg_resume"
-    _check(_run("baseline_sysu.py", ["--data-dir", stage1.data, "--output-dir", str(output), *STAGE1,
-                                     "--resume"], dbg))
+    output, dbg, proc = e2e.get("ddp_resume")
+    _check(proc)
     first = np.load(stage1.run / "pseudo_labels.npz")
     again = np.load(output / "sysu" / "baseline" / "pseudo_labels.npz")
     for k in first.files:  # the saved state (rank 0's BatchNorm statistics included) is what every rank used
@@ -227,10 +168,11 @@ def test_stage1_resume(stage1):
     assert _written(dbg) == {0: [str(output / "sysu" / "baseline" / "final.pth")], 1: []}
 
 
-def test_stage1_single_process_same_first_clustering(stage1):
+@needs("ddp_stage1", "ddp_single")
+def test_stage1_single_process_same_first_clustering(stage1, e2e):
     """The first clustering happens before any training step: identical in one and two processes."""
-    output, dbg = stage1.tmp / "single", stage1.tmp / "dbg_single"
-    _check(_run("baseline_sysu.py", ["--data-dir", stage1.data, "--output-dir", str(output), *STAGE1], dbg, nproc=1))
+    output, dbg, proc = e2e.get("ddp_single")
+    _check(proc)
     one = dict(np.load(dbg / "stage1_intra_e1_labels_rank0.npz"))
     two = _dumps(stage1.dbg, "stage1_intra_e1_labels")[0]
     for key in one:  # labels and memory initialisation
@@ -241,10 +183,10 @@ def test_stage1_single_process_same_first_clustering(stage1):
         assert abs(m1[key] - m2[key]) < 0.25 * m1[key], (key, m1[key], m2[key])
 
 
-def test_stage2_ranks_agree_and_rank0_writes(stage1):
-    dbg, output = stage1.tmp / "dbg2", stage1.tmp / "ddp2"
-    _check(_run("main.py", ["--dataset", "sysu", "--data-dir", stage1.data, "--output-dir", str(output),
-                            "--resume-net1", str(stage1.run / "final.pth"), *STAGE2], dbg))
+@needs("ddp_stage1", "ddp_stage2")
+def test_stage2_ranks_agree_and_rank0_writes(stage1, e2e):
+    dbg, output, proc = e2e.get("ddp_stage2")
+    _check(proc)
     for name in ("stage2_labels", "stage2_e1_epoch_end", "stage2_e2_clean", "stage2_e2_epoch_end"):
         _assert_same_on_ranks(dbg, name)
     run = output / "sysu" / "mmm"
@@ -254,42 +196,14 @@ def test_stage2_ranks_agree_and_rank0_writes(stage1):
     assert all(np.isfinite(v) for r in records for k, v in r.items() if k.startswith("loss_"))
 
 
-# Added to the sitecustomize of the runs below: BatchNorm always normalises with its running
-# statistics and the training transforms are deterministic, i.e. the two known sources of
-# difference between one and two processes are switched off. Adam is replaced by plain SGD at the
-# same rate: Adam divides each gradient by its own running magnitude, so the rounding-level
-# differences of near-zero gradients (another summation order in the all-reduce) become full-size
-# steps, and how far that drifts depends on the CPU; SGD keeps rounding differences at rounding level.
-_CONTROLLED = '''
-import sys
-sys.path.insert(0, {root!r})
-import torch
-import torch.nn.functional as F
-import data.transforms as tr
-class _PlainSGD(torch.optim.SGD):
-    def __init__(self, params, lr, weight_decay=0.0, **unused):
-        super().__init__(params, lr=lr, weight_decay=weight_decay)
-torch.optim.Adam = _PlainSGD
-_batch_norm = F.batch_norm
-def _running_stats_bn(x, mean, var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
-    return _batch_norm(x, mean, var, weight, bias, False, momentum, eps)
-def _fixed_transforms(h, w, pad=10):
-    t = tr.build_test_transform()
-    return tr.TwoViews(t, t), t
-F.batch_norm = _running_stats_bn
-tr.build_train_transforms = _fixed_transforms
-'''
-
-
-@pytest.mark.slow
-def test_stage1_one_vs_two_processes_controlled(stage1):
+@needs("ddp_controlled_1", "ddp_controlled_2")
+def test_stage1_one_vs_two_processes_controlled(e2e):
     """Without per-rank BatchNorm statistics and random augmentation, two processes reproduce the
     single-process run (losses to float rounding, clusterings of both phases)."""
     records = {}
     for nproc in (1, WORLD):
-        output = stage1.tmp / f"controlled_{nproc}"
-        _check(_run("baseline_sysu.py", ["--data-dir", stage1.data, "--output-dir", str(output), *STAGE1],
-                    stage1.tmp / f"dbg_controlled_{nproc}", nproc=nproc, controlled=True))
+        output, proc = e2e.get(f"ddp_controlled_{nproc}")  # tests/observed_run.py control_the_run
+        _check(proc)
         records[nproc] = _metrics(output / "sysu" / "baseline")
     for one, two in zip(records[1], records[WORLD]):
         for key, value in one.items():

@@ -20,10 +20,13 @@ import signal
 from typing import Dict, List
 
 import numpy as np
+import pytest
 
 from e2e_harness import (Stage1, Synth, Window, assert_ok, assert_refused, check_metric_dict, load_pth,
                          metrics_lines, phase_epochs)
-from e2e_jobs import needs
+from e2e_jobs import needs, rerun_without_resume
+
+pytestmark = pytest.mark.slow  # the jobs run the entry points as processes
 
 
 def _check_stage1_resume(s: Stage1, killed_in: str) -> List[Dict]:
@@ -96,11 +99,11 @@ def test_resume_after_kill_between_checkpoint_and_metrics(e2e):
     assert phase_epochs(metrics_lines(w.run_dir)) == [("intra", 1), ("intra", 2), ("joint", 1), ("joint", 2)]
 
 
-@needs("sysu_stage1", "rerun_without_resume")
-def test_baseline_refuses_existing_run_without_resume(e2e):
+@needs("sysu_stage1")
+def test_baseline_refuses_existing_run_without_resume(e2e, capsys):
     """Rerunning into a run directory that holds a run, without --resume: exit 2, nothing touched."""
     s: Stage1 = e2e.get("sysu_stage1")
-    proc, before, after = e2e.get("rerun_without_resume")
+    proc, before, after = rerun_without_resume(e2e, capsys)
     assert_refused(proc, str(s.run_dir), "--resume")
     assert after == before
 
@@ -116,7 +119,8 @@ def test_stage1_artifact_round_trip(e2e):
     from model import build_model
     from utils.artifacts import align_to_samples, load_artifact, relative_paths
     from utils.checkpoint import load_checkpoint, load_model_state
-    from utils.evaluation.features import extract_features
+    from utils.evaluation.features import Extraction, extract_features
+    from utils.settings import CLUSTER_INTERPOLATION
 
     synth: Synth = e2e.get("synth")
     s: Stage1 = e2e.get("sysu_stage1")
@@ -149,9 +153,9 @@ def test_stage1_artifact_round_trip(e2e):
         # the stored features are those of final.pth (flip-averaged, bicubic, as in training)
         by_path = dict(zip(listing, samples[m]))
         pick = [by_path[p] for p in paths[:12]]
-        f = extract_features(model, pick, device=torch.device("cpu"), img_h=32, img_w=16,
-                             interpolation="bicubic", batch_size=32, workers=0, flip=True,
-                             renormalize=False, progress=False)
+        how = Extraction(device=torch.device("cpu"), img_h=32, img_w=16, interpolation=CLUSTER_INTERPOLATION,
+                         batch_size=32, workers=0, flip=True, renormalize=False, progress=False)
+        f = extract_features(model, pick, how)
         np.testing.assert_allclose(f.numpy(), feats[:12], atol=1e-4)
         # stage 2 attaches by path: a shuffled listing gets the same rows back
         order = np.random.default_rng(0).permutation(len(samples[m]))

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from e2e_harness import Stage2, assert_ok, assert_refused, check_metric_dict, load_pth, metrics_lines
-from e2e_jobs import needs
+from e2e_jobs import MAIN_REFUSAL_NEEDS, main_refusal, needs
+
+pytestmark = pytest.mark.slow  # the jobs run the entry points as processes
 
 
 @needs("sysu_stage2")
@@ -52,14 +54,14 @@ def test_main_resume_after_interruption(e2e):
 
 
 @pytest.mark.parametrize("case, fragments", [
-    pytest.param(case, fragments, marks=needs(f"main_{case}")) for case, fragments in [
+    pytest.param(case, fragments, marks=needs(*MAIN_REFUSAL_NEEDS[case])) for case, fragments in [
         ("artifact_other_dataset", ["pseudo_labels.npz", "regdb", "--dataset sysu"]),
         ("artifact_other_trial", ["trial 1", "--trial 2"]),
         ("checkpoint_other_dataset", ["final.pth", "regdb", "--dataset sysu"]),
         ("artifact_paths_not_matching", ["rgb images do not match the dataset on disk"]),
     ]])
-def test_main_refuses_foreign_stage1_output(e2e, case, fragments):
+def test_main_refuses_foreign_stage1_output(e2e, case, fragments, tmp_path, capsys):
     """main.py refuses (exit 2, one line): the RegDB artifact for --dataset sysu, the trial-1 artifact
     for --trial 2, the RegDB checkpoint with the right SYSU artifact, and an artifact whose image
     paths do not match the data on disk (one training image removed)."""
-    assert_refused(e2e.get(f"main_{case}"), *fragments)
+    assert_refused(main_refusal(e2e, case, tmp_path, capsys), *fragments)

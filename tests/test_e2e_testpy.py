@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from e2e_harness import METRICS, Stage1, Stage2, assert_ok, assert_refused, check_metric_dict, load_pth, metrics_lines
-from e2e_jobs import needs
+from e2e_jobs import TESTPY_REFUSAL_NEEDS, needs, refused_testpy
+
+pytestmark = pytest.mark.slow  # the jobs run the entry points as processes
 
 
 @needs("sysu_stage2", "testpy_sysu")
@@ -77,15 +79,15 @@ def test_testpy_regdb_both_directions_on_stage1_checkpoint(e2e):
 
 
 @pytest.mark.parametrize("case, fragments", [
-    pytest.param(case, fragments, marks=needs(f"testpy_{case}")) for case, fragments in [
+    pytest.param(case, fragments, marks=needs(*TESTPY_REFUSAL_NEEDS[case])) for case, fragments in [
         ("missing", ["no file", "nope.pth"]),
         ("not_a_checkpoint", ["not a readable checkpoint", "model.pth"]),
         ("other_dataset", ["regdb", "--dataset sysu"]),
         ("other_arch", ["resnet18", "--arch resnet50"]),
     ]])
-def test_testpy_refusals(e2e, case, fragments):
+def test_testpy_refusals(e2e, case, fragments, tmp_path, capsys):
     """test.py --dataset sysu refuses (exit 2, one line, no JSON written): a missing file, a file
     that is not a checkpoint, a RegDB checkpoint, a resnet18 checkpoint with --arch resnet50."""
-    proc, out = e2e.get(f"testpy_{case}")
+    proc, out = refused_testpy(e2e, case, tmp_path, capsys)
     assert_refused(proc, *fragments)
     assert not out.exists()

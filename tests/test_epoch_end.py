@@ -167,3 +167,10 @@ def test_observers_registry_order():
     reg.add(lambda event, **info: calls.append(("b", event, info)))
     reg.notify("x", rank=0)
     assert calls == [("a", "x", {"rank": 0}), ("b", "x", {"rank": 0})]
+
+
+@pytest.mark.parametrize("epoch, step, epochs, due", [
+    (1, 1, 5, False), (2, 1, 5, True), (5, 1, 5, True), (1, 1, 1, True),  # first epoch only when it is the last
+    (2, 2, 5, True), (3, 2, 5, False), (5, 2, 5, True), (3, 0, 3, False)])
+def test_stage2_skips_evaluating_the_first_epoch(epoch, step, epochs, due):
+    assert evaluation_due(epoch, step, epochs, first=False) is due

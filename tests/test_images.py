@@ -143,6 +143,7 @@ def test_image_dataset_with_and_without_cache(sysu_root):
         ImageDataset(rgb, h=16, w=8, interpolation="lanczos", cache=cache)
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_image_dataset_labels_transform_and_loader(sysu_root):
     rgb, _ = sysu.sysu_train(sysu_root)
     labels = np.arange(len(rgb))[::-1] + 100
@@ -163,6 +164,7 @@ def test_image_dataset_labels_transform_and_loader(sysu_root):
         ImageDataset(rgb, labels=labels[:3])
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_cached_dataset_in_forked_workers(sysu_root):
     rgb, _ = sysu.sysu_train(sysu_root)
     cache = ImageCache.build(default_cache_dir(sysu_root), sysu_root, paths_of(rgb), 16, 8, "lanczos",

@@ -7,7 +7,7 @@ import torch
 
 from data.sample import IR, RGB, DataError, Sample
 from model import build_model
-from utils.args import baseline_parser, mmm_parser, parse
+from utils.args import stage1_parser, stage2_parser, parse
 from utils.artifacts import align_to_samples, find_artifact, load_artifact, save_artifact
 from utils.checkpoint import (add_training_state, atomic_torch_save, check_compatible, load_checkpoint, load_model_state,
                               make_checkpoint)
@@ -92,16 +92,16 @@ def test_artifact_round_trip_and_alignment_by_path(tmp_path):
 
 
 def test_parsers_aliases_and_dataset_defaults(capsys):
-    a = parse(baseline_parser("sysu"), ["--data-dir", "d"], dataset="sysu")
+    a = parse(stage1_parser("sysu"), ["--data-dir", "d"], dataset="sysu")
     assert (a.eps, a.k1_joint, a.k2_joint, a.iters, a.seed, a.img_h) == (0.6, 40, 32, 200, 1, 288)
-    b = parse(baseline_parser("regdb"), ["--data_dir", "d", "--trial", "3", "--eps", "0.4", "--height", "64"],
+    b = parse(stage1_parser("regdb"), ["--data_dir", "d", "--trial", "3", "--eps", "0.4", "--height", "64"],
               dataset="regdb")
     assert (b.eps, b.k1_joint, b.k2_joint, b.iters, b.trial, b.img_h) == (0.4, 38, 18, 100, 3, 64)
     for argv in (["--data-dir", "d"], ["--data-dir", "d", "--trial", "11"], ["--data-dir", "d", "--trial", "x"]):
         with pytest.raises(SystemExit) as err:  # a usage error at parse time (exit status 2)
-            parse(baseline_parser("regdb"), argv, dataset="regdb")
+            parse(stage1_parser("regdb"), argv, dataset="regdb")
         assert err.value.code == 2 and "error: --trial " in capsys.readouterr().err
-    m = parse(mmm_parser(), ["--dataset", "sysu", "--data-dir", "d", "--resume_net1", "c.pth",
+    m = parse(stage2_parser(), ["--dataset", "sysu", "--data-dir", "d", "--resume_net1", "c.pth",
                              "--sm_w", "0.3", "--warm-epochs", "2"])
     assert (m.intra_weight, m.inter_weight, m.inter_start_epoch, m.seed, m.resume_net1) == (0.3, 0.05, 2, 0, "c.pth")
 
@@ -117,22 +117,22 @@ def _usage_error(parser, argv, capsys, dataset=None) -> str:
 def test_baseline_batch_size_checks(monkeypatch, capsys):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     ok = ["--data-dir", "d", "-b", "24", "--num-instances", "4"]
-    parse(baseline_parser("sysu"), ok, dataset="sysu")
+    parse(stage1_parser("sysu"), ok, dataset="sysu")
     bad = ["--data-dir", "d", "-b", "30", "--num-instances", "4"]
-    assert _usage_error(baseline_parser("sysu"), bad, capsys, "sysu").endswith(
+    assert _usage_error(stage1_parser("sysu"), bad, capsys, "sysu").endswith(
         "error: --batch-size 30 must be a multiple of --num-instances 4")
     monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun: 24 = 6 identities, not divisible among 4 processes
-    assert "multiple of --num-instances x processes (4 x 4)" in _usage_error(baseline_parser("sysu"), ok, capsys, "sysu")
+    assert "multiple of --num-instances x processes (4 x 4)" in _usage_error(stage1_parser("sysu"), ok, capsys, "sysu")
 
 
 def test_stage2_batch_ids_must_split_over_the_processes(monkeypatch, capsys):
     argv = ["--dataset", "sysu", "--data-dir", "d", "--resume_net1", "c.pth", "--batch-ids", "6"]
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert _usage_error(mmm_parser(), argv, capsys).endswith(
+    assert _usage_error(stage2_parser(), argv, capsys).endswith(
         "error: --batch-ids 6 must be a multiple of the number of processes (4): the batch is split across them "
         "by whole identities")
     monkeypatch.setenv("WORLD_SIZE", "3")
-    parse(mmm_parser(), argv)
+    parse(stage2_parser(), argv)
 
 
 def test_stage2_learning_rate_schedule():
@@ -190,9 +190,9 @@ def test_shell_scripts_use_existing_flags(script, repo_root):
     spec = importlib.util.spec_from_file_location("mmm_test_entry", os.path.join(root, "test.py"))
     test_entry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(test_entry)
-    parsers = {"baseline_sysu.py": lambda a: parse(baseline_parser("sysu"), a, dataset="sysu"),
-               "baseline_regdb.py": lambda a: parse(baseline_parser("regdb"), a, dataset="regdb"),
-               "main.py": lambda a: parse(mmm_parser(), a),
+    parsers = {"baseline_sysu.py": lambda a: parse(stage1_parser("sysu"), a, dataset="sysu"),
+               "baseline_regdb.py": lambda a: parse(stage1_parser("regdb"), a, dataset="regdb"),
+               "main.py": lambda a: parse(stage2_parser(), a),
                "test.py": lambda a: parse(test_entry.build_parser(), a)}
     calls = _script_commands(os.path.join(root, "scripts", script))
     assert {name for name, _ in calls} >= ({"baseline_sysu.py", "main.py", "test.py"} if "sysu" in script

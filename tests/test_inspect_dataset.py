@@ -1,9 +1,8 @@
-"""scripts/inspect_dataset.py and scripts/prepare_data.py on fixture trees, through the real entry points."""
+"""scripts/inspect_dataset.py and scripts/prepare_data.py on fixture trees, through their entry points: one
+run in a fresh interpreter from another directory (the script finds its package), the others in-process."""
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,13 +11,17 @@ from test_data_readers import (REGDB_IMAGES, REGDB_TRIALS, SYSU_LAYOUT, SYSU_TES
 
 from utils.cli import run_cli
 
+from e2e_harness import run, run_main
+
 RGB_CAMS, IR_CAMS = (1, 2, 4, 5), (3, 6)
 
 
-def run_script(repo_root, name, *args):
-    """Run scripts/<name> in a fresh interpreter from another directory; return the CompletedProcess."""
-    cmd = [sys.executable, os.path.join(repo_root, "scripts", name), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd="/", timeout=120)
+def run_script(repo_root, name, *args, capsys=None):
+    """Run scripts/<name>: with ``capsys`` its main() in-process (run_cli), else in a fresh interpreter from
+    another directory; return the CompletedProcess."""
+    if capsys is not None:
+        return run_main(load_script(repo_root, name).main, args, capsys)
+    return run(os.path.join(repo_root, "scripts", name), *args, cwd="/", timeout=120)
 
 
 def load_script(repo_root, name):
@@ -47,6 +50,7 @@ def expect_error(proc, *words):
         assert w in lines[0]
 
 
+@pytest.mark.slow
 def test_inspect_sysu_json(tmp_path, repo_root):
     root = make_sysu(tmp_path / "SYSU-MM01")
     proc = run_script(repo_root, "inspect_dataset.py", "--dataset", "sysu", "--data-dir", root, "--json")
@@ -65,10 +69,10 @@ def test_inspect_sysu_json(tmp_path, repo_root):
                                           "gallery_images_all", "gallery_images_indoor"}
 
 
-def test_inspect_regdb_json_and_human(tmp_path, repo_root):
+def test_inspect_regdb_json_and_human(tmp_path, repo_root, capsys):
     root = make_regdb(tmp_path / "RegDB")
     proc = run_script(repo_root, "inspect_dataset.py", "--dataset", "regdb", "--data-dir", root,
-                      "--trial", 2, "--json")
+                      "--trial", 2, "--json", capsys=capsys)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     n_train, n_test = (len(p) * REGDB_IMAGES for p in REGDB_TRIALS[2])
@@ -77,7 +81,7 @@ def test_inspect_regdb_json_and_human(tmp_path, repo_root):
         "train_rgb_images": n_train, "train_ir_images": n_train, "test_rgb_images": n_test,
         "test_ir_images": n_test, "train_ids": 3, "test_ids": 3}
     assert report["trial"] == 2 and report["differences"]["test_ids"] == {"found": 3, "real": 206}
-    human = run_script(repo_root, "inspect_dataset.py", "--dataset", "regdb", "--data-dir", root)
+    human = run_script(repo_root, "inspect_dataset.py", "--dataset", "regdb", "--data-dir", root, capsys=capsys)
     assert human.returncode == 0 and "differs from the real RegDB counts" in human.stdout
     assert "train_rgb_images: found 9, real 2060" in human.stdout
 
@@ -93,26 +97,27 @@ def test_inspect_reports_a_real_sized_match(repo_root, monkeypatch, capsys, tmp_
 
 
 @pytest.mark.parametrize("trial", ["0", "11"])
-def test_inspect_bad_trial(tmp_path, repo_root, trial):
+def test_inspect_bad_trial(tmp_path, repo_root, trial, capsys):
     root = make_regdb(tmp_path / "RegDB")
-    proc = run_script(repo_root, "inspect_dataset.py", "--dataset", "regdb", "--data-dir", root, "--trial", trial)
+    proc = run_script(repo_root, "inspect_dataset.py", "--dataset", "regdb", "--data-dir", root, "--trial", trial,
+                      capsys=capsys)
     expect_error(proc, "--trial")
 
 
-def test_inspect_broken_layouts(tmp_path, repo_root):
+def test_inspect_broken_layouts(tmp_path, repo_root, capsys):
     root = make_sysu(tmp_path / "SYSU-MM01")
-    expect_error(run_script(repo_root, "inspect_dataset.py", "--dataset", "sysu", "--data-dir", tmp_path / "x"),
-                 "does not exist")
+    expect_error(run_script(repo_root, "inspect_dataset.py", "--dataset", "sysu", "--data-dir", tmp_path / "x",
+                            capsys=capsys), "does not exist")
     with open(os.path.join(root, "exp", "test_id.txt"), "w") as f:
         f.write("3,6,7,10")
-    expect_error(run_script(repo_root, "inspect_dataset.py", "--dataset", "sysu", "--data-dir", root, "--json"),
-                 "id 0010 listed in exp/test_id.txt has no folder")
+    expect_error(run_script(repo_root, "inspect_dataset.py", "--dataset", "sysu", "--data-dir", root, "--json",
+                            capsys=capsys), "id 0010 listed in exp/test_id.txt has no folder")
     os.remove(os.path.join(root, "exp", "test_id.txt"))
-    expect_error(run_script(repo_root, "inspect_dataset.py", "--dataset", "sysu", "--data-dir", root),
+    expect_error(run_script(repo_root, "inspect_dataset.py", "--dataset", "sysu", "--data-dir", root, capsys=capsys),
                  "test_id.txt")
     regdb_root = make_regdb(tmp_path / "RegDB")
     expect_error(run_script(repo_root, "inspect_dataset.py", "--dataset", "regdb", "--data-dir", regdb_root,
-                            "--trial", 3), "train_visible_3.txt")
+                            "--trial", 3, capsys=capsys), "train_visible_3.txt")
 
 
 def test_inspect_check_images(tmp_path, repo_root, capsys):
@@ -129,7 +134,7 @@ def test_inspect_check_images(tmp_path, repo_root, capsys):
     with open(garbage, "wb") as f:
         f.write(b"\xff\xd8 garbage")
     bad = run_script(repo_root, "inspect_dataset.py", "--dataset", "sysu", "--data-dir", root,
-                     "--check-images", "--json")
+                     "--check-images", "--json", capsys=capsys)
     expect_error(bad, "2 of 76 images cannot be read", garbage)  # training images are checked first
     report = json.loads(bad.stdout)
     assert sorted(report["unreadable_images"]) == sorted([zero, garbage])

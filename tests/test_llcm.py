@@ -1,14 +1,13 @@
 """LLCM (issue 14): the reader on generated data against the generator's bookkeeping, the test protocol
 on a hand-made tree with known gallery draws, ``eval_llcm`` known answers (the same-identity
-same-camera removal), bad input as one-line errors, the spec-driven dispatch, test.py's 1-based epoch
-and re-ranked results, and an end-to-end run baseline_llcm.py -> main.py -> test.py."""
+same-camera removal), bad input as one-line errors, test.py's 1-based epoch, re-ranked results and
+refusals on LLCM. The wiring of the datasets: tests/test_architecture.py; the end-to-end run
+baseline_llcm.py -> main.py -> test.py: tests/test_e2e_llcm.py."""
 import json
 import os
 import random
 import re
-import shlex
 import shutil
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -24,6 +23,8 @@ from data.specs import SPECS
 from data.synthetic_llcm import generate_llcm
 from utils.evaluation import metrics
 from utils.evaluation.metrics import eval_llcm, eval_protocol, eval_sysu
+
+from e2e_harness import entry_main, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 32, 16
@@ -113,11 +114,11 @@ def test_generator_is_deterministic(tmp_path):
         generate_llcm(str(tmp_path / "d"), 5, 1, H, W)
 
 
-def test_make_synthetic_cli_llcm(tmp_path):
+def test_make_synthetic_cli_llcm(tmp_path, capsys):
     out = tmp_path / "x"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_synthetic.py"), "--layout", "llcm", "--out",
-                           str(out), "--ids", "6", "--seed", "0", "--img-h", "32", "--img-w", "16",
-                           "--images-per-cam", "1", "1"], capture_output=True, text=True, timeout=300)
+    proc = run_main(entry_main("scripts/make_synthetic.py"), ["--layout", "llcm", "--out",
+                    str(out), "--ids", "6", "--seed", "0", "--img-h", "32", "--img-w", "16",
+                    "--images-per-cam", "1", "1"], capsys)
     assert proc.returncode == 0, proc.stderr
     assert "llcm: train_rgb_images=" in proc.stdout and (out / "idx" / "train_nir.txt").is_file()
 
@@ -351,10 +352,9 @@ def test_test_id_without_folder_and_missing_root(broken, tmp_path):
         datasets.check_root("llcm", broken)
 
 
-def test_inspect_dataset_llcm(synth, broken):
-    script = str(ROOT / "scripts" / "inspect_dataset.py")
-    proc = subprocess.run([sys.executable, script, "--dataset", "llcm", "--data-dir", synth[0], "--json"],
-                          capture_output=True, text=True, timeout=300)
+def test_inspect_dataset_llcm(synth, broken, capsys):
+    script = entry_main("scripts/inspect_dataset.py")
+    proc = run_main(script, ["--dataset", "llcm", "--data-dir", synth[0], "--json"], capsys)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["train_ids"] == 10 and report["test_ids"] == 5
@@ -363,67 +363,12 @@ def test_inspect_dataset_llcm(synth, broken):
     assert dict(SPECS["llcm"].real_counts) == {"train_rgb_images": 16946, "train_ir_images": 13975,
                                                "train_ids": 713, "test_ids": 351}
     os.remove(os.path.join(broken, "idx", "train_vis.txt"))
-    proc = subprocess.run([sys.executable, script, "--dataset", "llcm", "--data-dir", broken],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_main(script, ["--dataset", "llcm", "--data-dir", broken], capsys)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "train_vis.txt" in lines[0]
 
 
 # ---------------------------------------------------------------- one list of datasets, no name branches
-
-def test_every_dataset_is_wired_everywhere():
-    sys.path.insert(0, str(ROOT))
-    import test as testpy
-    from scripts.make_synthetic import GENERATORS
-    from utils.args import baseline_parser, parse
-
-    assert tuple(datasets.READERS) == tuple(SPECS) == datasets.DATASETS
-    assert set(GENERATORS) == set(SPECS)
-    for name in SPECS:
-        assert (ROOT / f"baseline_{name}.py").is_file()
-    choices = next(a for a in testpy.build_parser()._actions if a.dest == "dataset").choices
-    assert sorted(choices) == sorted(SPECS)
-    assert parse(baseline_parser("llcm"), ["--data-dir", "D"], dataset="llcm").k1 == 25
-    assert parse(baseline_parser("sysu"), ["--data-dir", "D"], dataset="sysu").k1 == 30
-    assert parse(baseline_parser("regdb"), ["--data-dir", "D", "--trial", "1"], dataset="regdb").k1 == 30
-    assert parse(baseline_parser("llcm"), ["--data-dir", "D", "--k1", "12"], dataset="llcm").k1 == 12
-    from utils.evaluation.visualize import REMOVAL_TEXT
-    for spec in SPECS.values():           # every removal rule has a metric and a legend text
-        assert spec.removal in REMOVAL_TEXT
-        eval_protocol(spec.removal, L_DIST, L_Q_PIDS, L_G_PIDS, L_Q_CAMS, L_G_CAMS)
-    with pytest.raises(ValueError, match="removal"):
-        eval_protocol("cam_only", L_DIST, L_Q_PIDS, L_G_PIDS, L_Q_CAMS, L_G_CAMS)
-
-
-def test_no_dataset_name_branches_outside_data():
-    pattern = re.compile(r"""(dataset\s*[!=]=|[!=]=\s*["'](sysu|regdb|llcm)["']|["'](sysu|regdb|llcm)["']\s*[!=]=)""")
-    hits = []
-    for path in ROOT.rglob("*.py"):
-        rel = path.relative_to(ROOT)
-        if rel.parts[0] in ("data", "tests") or any(p.startswith(".") for p in rel.parts):
-            continue
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if pattern.search(line.split("#")[0]):
-                hits.append(f"{rel}:{number}: {line.strip()}")
-    assert hits == []
-
-
-def test_train_llcm_sh_lines_parse():
-    sys.path.insert(0, str(ROOT))
-    import test as testpy
-    from utils.args import baseline_parser, mmm_parser, parse
-
-    parsers = {"baseline_llcm.py": lambda a: parse(baseline_parser("llcm"), a, dataset="llcm"),
-               "main.py": lambda a: parse(mmm_parser(), a), "test.py": lambda a: parse(testpy.build_parser(), a)}
-    seen = []
-    for line in (ROOT / "scripts" / "train_llcm.sh").read_text().splitlines():
-        m = re.match(r"\s*python\s+(\S+\.py)\s+(.*)$", line)
-        if m:
-            argv = shlex.split(m.group(2).replace('"$@"', "").replace('"$DATA"', "D"))
-            args = parsers[m.group(1)](argv)
-            assert getattr(args, "dataset", "llcm") == "llcm"
-            seen.append(m.group(1))
-    assert seen == ["baseline_llcm.py", "main.py", "test.py"]
 
 
 # ---------------------------------------------------------------- evaluation wiring and test.py
@@ -519,76 +464,14 @@ def test_testpy_rerank_reported_separately(synth, tiny_ckpts, tmp_path, capsys):
     (["--shot", "10"], "--shot", False),
     (["--trial", "all"], "--trial all", True),
 ])
-def test_testpy_refusals(synth, tiny_ckpts, extra, fragment, at_parse):
+def test_testpy_refusals(synth, tiny_ckpts, extra, fragment, at_parse, capsys):
     """Exit 2 without a traceback: flag combinations at parse time (argparse's usage, then its one error
     line), what only the data can tell as one ``error:`` line."""
-    proc = subprocess.run([sys.executable, "test.py", "--dataset", "llcm", "--data-dir", synth[0], "--resume-net1",
-                           tiny_ckpts["new"], "--device", "cpu", *extra], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_main(entry_main("test.py"), ["--dataset", "llcm", "--data-dir", synth[0], "--resume-net1",
+                    tiny_ckpts["new"], "--device", "cpu", *extra], capsys)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    if at_parse:
-        assert lines[0].startswith("usage: test.py") and sum("error" in x for x in lines) == 1, proc.stderr
-        lines = [lines[-1][len("test.py: "):]] if lines[-1].startswith("test.py: error: ") else lines
+    if at_parse:  # in this process argparse names the program after pytest's argv[0], not test.py
+        assert lines[0].startswith("usage: ") and sum("error" in x for x in lines) == 1, proc.stderr
+        lines = [lines[-1].split(": ", 1)[1]] if ": error: " in lines[-1] else lines
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
-
-
-def test_regdb_gallery_trials_refused(tmp_path):
-    from test_data_readers import make_regdb
-
-    root = make_regdb(tmp_path / "RegDB")
-    proc = subprocess.run([sys.executable, "test.py", "--dataset", "regdb", "--trial", "1", "--data-dir", root,
-                           "--resume-net1", "x.pth", "--gallery-trials", "3"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 2 and "--gallery-trials does not apply to RegDB" in proc.stderr
-
-
-# ---------------------------------------------------------------- end to end
-
-@pytest.mark.slow
-def test_e2e_llcm_three_entry_points(tmp_path):
-    """baseline_llcm.py -> main.py -> test.py --rerank --visualize on generated LLCM data, with the tiny
-    settings of tests/e2e_harness.py; test.py's visible->infrared trial 0 equals main.py's evaluation of
-    that epoch (same model, gallery and preprocessing)."""
-    from e2e_harness import METRICS, STAGE1, STAGE2, TINY, assert_ok, check_metric_dict, load_pth, metrics_lines, run
-
-    data = tmp_path / "LLCM"
-    generate_llcm(str(data), ids=24, seed=0, height=64, width=32, images_per_cam=(2, 3))
-    out = tmp_path / "logs"
-    s1 = run("baseline_llcm.py", "--data-dir", data, "--output-dir", out, *STAGE1)
-    assert_ok(s1)
-    base = out / "llcm" / "baseline"
-    records = metrics_lines(base)
-    assert [r["phase"] for r in records] == ["intra", "intra", "joint", "joint"]
-    for r in records:
-        if "eval" in r:
-            assert list(r["eval"]) == ["visible2infrared"]
-            check_metric_dict(r["eval"]["visible2infrared"], "stage 1")
-    assert json.loads((base / "args.json").read_text())["k1"] == 15     # STAGE1 overrides the LLCM 25
-    assert load_pth(base / "final.pth")["dataset"] == "llcm"
-    s2 = run("main.py", "--dataset", "llcm", "--data-dir", data, "--output-dir", out,
-             "--resume_net1", base / "final.pth", *STAGE2)
-    assert_ok(s2)
-    mmm = out / "llcm" / "mmm"
-    t = run("test.py", "--dataset", "llcm", "--data-dir", data, "--resume-net1", mmm / "best.pth", "--rerank",
-            "--visualize", "2", *TINY)
-    assert_ok(t)
-    rec = json.loads((mmm / "test_llcm.json").read_text())
-    assert (rec["dataset"], rec["trial"], rec["stage"], rec["gallery_trials"]) == ("llcm", None, "mmm", 10)
-    assert rec["rerank"] == {"k1": 20, "k2": 6, "lambda": 0.3}
-    for key in ("results", "results_rerank"):
-        assert sorted(rec[key]) == ["infrared2visible", "visible2infrared"]
-        for res in rec[key].values():
-            assert sorted(res["splits"]) == sorted(f"trial{i}" for i in range(10))
-            for name, m in res["splits"].items():
-                check_metric_dict(m, f"{key} {name}")
-            for k in METRICS:
-                assert res["mean"][k] == pytest.approx(np.mean([m[k] for m in res["splits"].values()]), abs=1e-9)
-    best_epoch = load_pth(mmm / "best.pth")["epoch"]
-    assert rec["epoch"] == best_epoch and f"epoch {best_epoch})" in t.stdout
-    logged = {r["epoch"]: r for r in metrics_lines(mmm)}[best_epoch]["eval"]["visible2infrared"]
-    for k in METRICS:
-        assert rec["results"]["visible2infrared"]["splits"]["trial0"][k] == pytest.approx(logged[k], abs=1e-6), k
-    assert "[re-ranked k1=20 k2=6 lambda=0.3] infrared2visible MEAN" in t.stdout
-    for name in ("test_llcm_visible2infrared_ranks.png", "test_llcm_infrared2visible_ranks.png", "test_llcm_cmc.png"):
-        assert (mmm / name).is_file(), name

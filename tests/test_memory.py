@@ -254,6 +254,7 @@ def _dist_worker(rank, world, init_file, memory, xs, ys, out_dir):
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # mp.spawn
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="needs torch.distributed with gloo")
 def test_distributed_ranks_apply_same_update(tmp_path):

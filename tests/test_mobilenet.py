@@ -10,6 +10,7 @@ import torchvision
 
 from model import MobileNetEmbedNet, PretrainedWeightsError, build_model, describe_weights
 from model import weights as W
+from utils.evaluation.features import embed_batch
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ def test_two_streams_separate_stems_shared_trunk():
     assert all(p.grad is not None for p in net.trunk.parameters() if p.requires_grad)
     net.eval()
     with torch.no_grad():
-        desc = net.extract(x_ir, "ir", flip=True)
+        desc = embed_batch(net, x_ir, "ir", flip=True)
     assert desc.shape == (2, 1280) and torch.allclose(desc.norm(dim=1), torch.ones(2), atol=1e-5)
 
 

@@ -168,25 +168,29 @@ def test_every_parameter_gets_a_gradient(net18):
     assert frozen == ["bottleneck.bias"]
 
 
-def test_extract_flip_average_and_normalisation(net18):
+def test_embed_batch_flip_average_and_normalisation(net18):
+    """utils.evaluation.features.embed_batch, the one flip descriptor: f(x), (f(x) + f(flip x)) / 2 and its
+    normalisation, through the stem of the modality; eval mode and a known modality required."""
+    from utils.evaluation.features import embed_batch
+
     x = _images(3, 7)
     net18.train()
     with pytest.raises(RuntimeError, match="eval"):
-        net18.extract(x, "rgb")
+        embed_batch(net18, x, "rgb")
     net18.eval()
     with torch.no_grad():
-        plain = net18.extract(x, "ir")
+        plain = embed_batch(net18, x, "ir")
         torch.testing.assert_close(plain, net18(None, x))
         flipped = net18(None, torch.flip(x, dims=[3]))
-        mean = net18.extract(x, "ir", flip=True, renormalize=False)
-        renorm = net18.extract(x, "ir", flip=True)
-        rgb = net18.extract(x, "rgb")
+        mean = embed_batch(net18, x, "ir", flip=True, renormalize=False)
+        renorm = embed_batch(net18, x, "ir", flip=True)
+        rgb = embed_batch(net18, x, "rgb")
     torch.testing.assert_close(mean, (plain + flipped) / 2, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(renorm, F.normalize(mean, dim=1))
     torch.testing.assert_close(renorm.norm(dim=1), torch.ones(3))
     assert not torch.allclose(rgb, plain)  # separate stems
     with pytest.raises(ValueError):
-        net18.extract(x, "thermal")
+        embed_batch(net18, x, "thermal")
 
 
 def test_reset_classifier():

@@ -146,3 +146,43 @@ def test_memory_step_losses_are_the_memory_nce_of_both_views_and_ir():
     sum(losses.values()).backward()
     assert model.fc.weight.grad is not None
     assert not torch.equal(mems[0].features, before[0])  # the memories update in backward
+
+
+def test_joint_step_updates_shared_memory_ir_first():
+    """One shared memory for both calls (joint phase): the rows must end as if the infrared features
+    were fed before the visible ones (released order), which differs from the other order."""
+    import torch
+    from memory.cluster_memory import ClusterMemory
+    from utils.train.stage1_steps import memory_step
+
+    torch.manual_seed(0)
+    feat = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)  # 2 views x 2 rgb, then 2 ir
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x_rgb, x_ir):
+            return type("Out", (), {"feat": feat.clone().requires_grad_(True)})()
+
+    y = torch.tensor([0, 1])
+    rgb_batch = ((torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)), y, None, None)
+    ir_batch = (torch.zeros(2, 3, 4, 4), y, None, None)
+    cents = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
+
+    def memory():
+        m = ClusterMemory(8, 2)
+        m.set_centroids(cents.clone())
+        return m
+
+    shared = memory()
+    losses = memory_step(Fixed(), rgb_batch, ir_batch, shared, shared, torch.device("cpu"))
+    sum(losses.values()).backward()
+
+    def replay(first_ir: bool):
+        m = memory()
+        x = feat.clone().requires_grad_(True)
+        parts = [(x[4:], y), (x[:4], torch.cat([y, y]))]
+        loss = sum(m(f, t) for f, t in (parts if first_ir else parts[::-1]))
+        loss.backward()
+        return m.features
+
+    assert torch.allclose(shared.features, replay(first_ir=True))
+    assert not torch.allclose(shared.features, replay(first_ir=False))

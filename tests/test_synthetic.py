@@ -4,8 +4,6 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,8 @@ from data.sample import DataError
 from data.synthetic import (IR_CAMS, RGB_CAMS, generate_regdb, generate_sysu, make_camera, make_identity,
                             make_pose, render)
 from utils.cli import run_cli
+
+from e2e_harness import entry_main, run_main
 
 H, W = 64, 32
 
@@ -214,17 +214,17 @@ def test_bad_arguments(tmp_path):
         generate_regdb(str(tmp_path / "c"), 6, 0, 16, 8)
 
 
-def test_cli_both(tmp_path, repo_root):
+def test_cli_both(tmp_path, repo_root, capsys):
     out = tmp_path / "both"
-    cmd = [sys.executable, os.path.join(repo_root, "scripts", "make_synthetic.py"), "--layout", "both",
+    cmd = ["--layout", "both",
            "--out", str(out), "--ids", "6", "--seed", "1", "--img-h", "64", "--img-w", "32",
            "--images-per-cam", "1", "2", "--images-per-id", "2"]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    res = run_main(entry_main("scripts/make_synthetic.py"), cmd, capsys)
     assert res.returncode == 0, res.stderr
     assert "query_images=" in res.stdout and "test_rgb_images=" in res.stdout
     assert os.path.isfile(out / "sysu" / "exp" / "test_id.txt")
     assert os.path.isfile(out / "regdb" / "idx" / "test_thermal_10.txt")
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    res = run_main(entry_main("scripts/make_synthetic.py"), cmd, capsys)
     assert res.returncode == 2 and res.stderr.startswith("error:")
 
 

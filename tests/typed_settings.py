@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from utils.args import baseline_parser, mmm_parser, parse
+from utils.args import stage1_parser, stage2_parser, parse
 from utils.distributed import DistInfo
 from utils.settings import Stage1Settings, Stage2Settings, stage1_settings, stage2_settings
 from utils.train.callbacks import Observers
@@ -15,12 +15,12 @@ from utils.train.callbacks import Observers
 
 def stage1(*flags: str, dataset: str = "sysu") -> Stage1Settings:
     """Stage-1 settings of ``baseline_<dataset>.py --data-dir d <flags>``."""
-    return stage1_settings(parse(baseline_parser(dataset), ["--data-dir", "d", *flags], dataset=dataset))
+    return stage1_settings(parse(stage1_parser(dataset), ["--data-dir", "d", *flags], dataset=dataset))
 
 
 def stage2(*flags: str) -> Stage2Settings:
     """Stage-2 settings of ``main.py --dataset sysu --data-dir d --resume_net1 c.pth <flags>``."""
-    return stage2_settings(parse(mmm_parser(), ["--dataset", "sysu", "--data-dir", "d", "--resume_net1", "c.pth",
+    return stage2_settings(parse(stage2_parser(), ["--dataset", "sysu", "--data-dir", "d", "--resume_net1", "c.pth",
                                                 *flags]))
 
 

@@ -13,7 +13,7 @@ from utils.arg_types import (default_workers, finite_float, float_range, image_s
                              positive_int, pretrained_source, seed_int)
 
 
-class _Refused(argparse.Action):
+class Refused(argparse.Action):
     """A flag that is parsed only to be refused with a hint (``help`` says why)."""
 
     def __init__(self, option_strings, dest, hint: str = "", **kwargs):
@@ -119,7 +119,7 @@ def add_eval_args(p: argparse.ArgumentParser, per_epoch: bool = False) -> None:
                    help="SYSU-MM01 search mode (default: all; test.py of the release defaulted to indoor)")
     g.add_argument("--shot", type=int, default=1, choices=[1, 10], help="SYSU-MM01 gallery images per id and camera")
     if per_epoch:
-        _alias(g, "--gallery-trials", action=_Refused, metavar="N",
+        _alias(g, "--gallery-trials", action=Refused, metavar="N",
                hint="the per-epoch evaluation of main.py samples --eval-trials galleries; pass --eval-trials N "
                     "(test.py takes --gallery-trials)",
                help="refused: use --eval-trials (--gallery-trials is a test.py flag)")
@@ -164,7 +164,7 @@ def _per_dataset(attr: str) -> str:
     return ", ".join(f"{name} {getattr(spec, attr)}" for name, spec in SPECS.items())
 
 
-def baseline_parser(dataset: str) -> argparse.ArgumentParser:
+def stage1_parser(dataset: str) -> argparse.ArgumentParser:
     """Flags of stage 1 (baseline_<dataset>.py), released defaults (method.md J.1)."""
     spec = SPECS[dataset]
     p = new_parser(description=f"Stage 1 (cluster-contrast baseline with intra-modality and "
@@ -200,7 +200,7 @@ def baseline_parser(dataset: str) -> argparse.ArgumentParser:
     return p
 
 
-def mmm_parser() -> argparse.ArgumentParser:
+def stage2_parser() -> argparse.ArgumentParser:
     """Flags of stage 2 (main.py), released defaults (method.md J.2); paper variants are named flags."""
     p = new_parser(description="Stage 2 of MMM: multi-memory learning and matching, then "
                                             "training with the alignment losses on fixed pseudo-labels.")

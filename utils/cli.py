@@ -105,12 +105,12 @@ def _run(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Seque
     return 0
 
 
-def baseline_main(dataset: str, argv: Optional[Sequence[str]] = None, observers=None) -> None:
+def stage1_main(dataset: str, argv: Optional[Sequence[str]] = None, observers=None) -> None:
     """Parse the stage-1 flags of ``dataset`` and run stage 1 (the body of baseline_<dataset>.py);
     ``observers`` (a :class:`utils.train.callbacks.Observers`) hear of its training events."""
-    from utils.args import baseline_parser, parse
+    from utils.args import stage1_parser, parse
 
-    args = parse(baseline_parser(dataset), argv, dataset=dataset)
+    args = parse(stage1_parser(dataset), argv, dataset=dataset)
     from utils.settings import stage1_settings  # after parsing: a fast --help
     from utils.train.stage1 import run_stage1
 
@@ -118,10 +118,10 @@ def baseline_main(dataset: str, argv: Optional[Sequence[str]] = None, observers=
 
 
 def stage2_main(argv: Optional[Sequence[str]] = None, observers=None) -> None:
-    """Parse the stage-2 flags and run stage 2 (the body of main.py); ``observers`` as :func:`baseline_main`."""
-    from utils.args import mmm_parser, parse
+    """Parse the stage-2 flags and run stage 2 (the body of main.py); ``observers`` as :func:`stage1_main`."""
+    from utils.args import stage2_parser, parse
 
-    args = parse(mmm_parser(), argv)
+    args = parse(stage2_parser(), argv)
     from utils.settings import stage2_settings  # after parsing: a fast --help
     from utils.train.stage2 import run_stage2
 

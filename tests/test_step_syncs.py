@@ -1,4 +1,5 @@
-"""Host syncs and divergence in the real training steps, and scripts/gpu_check.sh (issue 20), on the CPU.
+"""Host syncs and divergence in the real training steps (issue 20), on the CPU (scripts/gpu_check.sh:
+tests/test_gpu_check.py).
 
 Syncs: the steps run with the model, the memories and the optimizer on PyTorch's "meta" device, which holds
 no data, with the loader's batches on the CPU as a GPU run has them. Any read of a device value by the host
@@ -7,12 +8,10 @@ indexing, ``bincount`` ...) raises on meta tensors, exactly where it would make 
 a step makes on purpose (``all_ranks_true``, in utils/train/loop.py ``checked_step``) is counted instead, and every host-to-device copy must be
 non_blocking (a blocking copy waits for the GPU's whole stream).
 """
-import os
-import shlex
-import subprocess
 from types import SimpleNamespace
 
 import pytest
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -207,65 +206,3 @@ def test_stage2_step_raises_before_the_step_on_a_nan_loss():
 
 
 # ------------------------------------------------------------------------------------- scripts/gpu_check.sh
-STUB = """#!/usr/bin/env bash
-if [ "$1" = "-" ]; then cat >/dev/null; echo "$FAKE_INFO"; exit 0; fi
-printf '%q ' "$@" >>"$CALLS"; echo >>"$CALLS"
-case " $* " in *" $FAIL_ON "*) exit 1 ;; esac
-exit 0
-"""
-
-
-def _gpu_check(tmp_path, repo_root, info, fail_on="--never"):
-    stub = tmp_path / "python"
-    stub.write_text(STUB)
-    stub.chmod(0o755)
-    calls = tmp_path / "calls.txt"
-    env = dict(os.environ, PYTHON=str(stub), FAKE_INFO=info, CALLS=str(calls), FAIL_ON=fail_on)
-    # A session of its own, without a terminal: `timeout` runs each check in a background process group.
-    out = subprocess.run(["bash", os.path.join(repo_root, "scripts", "gpu_check.sh"), str(tmp_path / "out")],
-                         capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
-    table = out.stdout.split("== gpu_check")[1].splitlines()[2:]
-    return out.returncode, {line.split()[0]: line for line in table if line.strip()}, \
-        [shlex.split(line) for line in calls.read_text().splitlines()]
-
-
-def _entry_parsers(repo_root):
-    import importlib.util
-
-    from utils.args import baseline_parser, mmm_parser, parse
-    spec = importlib.util.spec_from_file_location("mmm_test_entry_gpu_check", os.path.join(repo_root, "test.py"))
-    test_entry = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(test_entry)
-    return {"baseline_sysu.py": lambda a: parse(baseline_parser("sysu"), a, dataset="sysu"),
-            "main.py": lambda a: parse(mmm_parser(), a), "test.py": lambda a: parse(test_entry.build_parser(), a)}
-
-
-def test_gpu_check_on_one_gpu_skips_the_multi_gpu_checks(tmp_path, repo_root):
-    rc, rows, calls = _gpu_check(tmp_path, repo_root, "1 8.0 1 0 Fake_GPU 2.14.1")
-    assert rc == 0 and rows["gpu"].split()[1:4] == ["1", "x", "Fake_GPU,"]
-    for name in ("s1_dp", "s1_ddp", "s2_ddp"):
-        assert "skipped (1 GPU)" in rows[name]
-    assert "skipped (faiss-gpu not installed)" in rows["s1_faiss"]
-    assert all(" ok " in rows[n] for n in ("gpu_tests", "s1_cudaN", "s2_cudaN", "test_cudaN", "s1_fp16", "s2_fp16",
-                                           "s1_bf16", "s2_bf16", "speed"))
-    parsers = _entry_parsers(repo_root)
-    entry = [(next(a for a in c if a in parsers), c) for c in calls if any(a in parsers for a in c)]
-    assert len(entry) == 7
-    for name, call in entry:  # every command line is one the entry points accept
-        argv = call[call.index(name) + 1:]
-        parsers[name](argv)
-        if name != "test.py":
-            assert argv[argv.index("--device") + 1] in ("cuda", "cuda:0")
-    assert {c[c.index("--amp") + 1] for _, c in entry if "--amp" in c} == {"fp16", "bf16"}
-
-
-def test_gpu_check_on_three_gpus_runs_data_parallel_torchrun_and_faiss(tmp_path, repo_root):
-    rc, rows, calls = _gpu_check(tmp_path, repo_root, "3 7.5 0 1 Old_GPU 2.14.1", fail_on="--sync-bn")
-    assert rc == 1  # a failed check fails the script
-    assert "skipped (no bfloat16 on compute capability 7.5)" in rows["s1_bf16"]
-    assert " ok " in rows["s1_dp"] and " ok " in rows["s1_faiss"] and "FAIL (exit 1)" in rows["s1_ddp"]
-    torchrun = [c for c in calls if "torch.distributed.run" in c]
-    assert len(torchrun) == 2 and all("--nproc_per_node" in c and "--sync-bn" in c for c in torchrun)
-    assert any(c[c.index("--device") + 1] == "cuda:2" for c in calls if "--device" in c)  # the last GPU
-    assert any("--knn" in c and c[c.index("--knn") + 1] == "faiss" for c in calls)

@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from data.sample import DataError
+from e2e_harness import run_cmd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEEDS = {"main": ["--dataset", "sysu", "--data-dir", "D", "--resume-net1", "x.pth"],
@@ -20,9 +22,9 @@ NEEDS = {"main": ["--dataset", "sysu", "--data-dir", "D", "--resume-net1", "x.pt
 
 
 def _parser(kind: str):
-    from utils.args import baseline_parser, mmm_parser, test_parser
+    from utils.args import stage1_parser, stage2_parser, test_parser
 
-    return {"baseline": lambda: baseline_parser("sysu"), "main": mmm_parser, "test": test_parser}[kind]()
+    return {"baseline": lambda: stage1_parser("sysu"), "main": stage2_parser, "test": test_parser}[kind]()
 
 
 def _refused(kind: str, extra, capsys) -> str:
@@ -41,51 +43,6 @@ def _refused(kind: str, extra, capsys) -> str:
 
 # flags ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind, flag, value", [
-    ("baseline", "--seed", "-1"), ("baseline", "--momentum", "2"), ("main", "--batch-ids", "1"),
-    ("test", "--visualize", "-1"), ("baseline", "--lr", "1e6"), ("main", "--lr", "nan"),
-    ("baseline", "--img-h", "100000"), ("main", "--img-w", "4"), ("baseline", "--eps", "1.5"),
-    ("baseline", "--temp", "0"), ("baseline", "--weight-decay", "-1"), ("main", "--margin", "-0.1"),
-    ("main", "--intra-weight", "inf"), ("main", "--inter-weight", "-1"), ("test", "--rerank-lambda", "nan"),
-    ("main", "--seed", str(2 ** 32))])
-def test_numbers_out_of_range_refused_when_parsed(kind, flag, value, capsys):
-    line = _refused(kind, [flag, value], capsys)
-    assert flag in line and value in line
-
-
-def test_every_numeric_flag_has_a_checked_type():
-    """No number is parsed by plain int/float: each numeric flag states its range in its type."""
-    loose = [(kind, a.option_strings[0]) for kind in NEEDS for a in _parser(kind)._actions
-             if a.type in (int, float) and not a.choices]
-    assert loose == []
-
-
-def test_tvsearch_contradicting_direction_refused(capsys):
-    line = _refused("test", ["--tvsearch", "--direction", "visible2thermal"], capsys)
-    assert "--tvsearch" in line and "--direction visible2thermal" in line
-    from utils.args import parse
-
-    args = parse(_parser("test"), NEEDS["test"] + ["--tvsearch", "--direction", "thermal2visible"])
-    assert args.tvsearch
-
-
-def test_knn_faiss_checked_at_start_with_the_import_error(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "faiss", None)  # "import faiss" raises ImportError
-    line = _refused("baseline", ["--knn", "faiss"], capsys)
-    assert "--knn faiss" in line and "import of faiss halted" in line and "--knn torch" in line  # the real error
-
-
-def test_offline_weights_for_a_resnet_refused_when_parsed(capsys):
-    """The package ships a MobileNetV2 only: --pretrained imagenet-offline with a ResNet is a usage error."""
-    from utils.args import parse
-
-    for stage in ("baseline", "main"):
-        line = _refused(stage, ["--arch", "resnet18", "--pretrained", "imagenet-offline"], capsys)
-        assert "imagenet-offline" in line and "--arch resnet18" in line
-        args = parse(_parser(stage), NEEDS[stage] + ["--arch", "mobilenet_v2", "--pretrained", "imagenet-offline"],
-                     dataset="sysu" if stage == "baseline" else None)
-        assert (args.arch, args.pretrained) == ("mobilenet_v2", "imagenet-offline")
-
 
 # one run per folder -----------------------------------------------------------------------------------
 
@@ -95,6 +52,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.slow
 def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     import socket
 
@@ -112,6 +70,12 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     assert acquire_lock(str(tmp_path)) == (path, None)  # this process again: re-entrant
     release_lock(path)
     assert not lock.exists()
+
+
+@pytest.fixture(scope="module")
+def synth(tiny_sysu):
+    """Tiny synthetic SYSU-MM01 layout (8 ids, conftest.py)."""
+    return tiny_sysu
 
 
 def _prepare(synth, out, extra=(), stage="mmm"):
@@ -153,6 +117,7 @@ def _fake_checkpoint(path, args, **fields):
                            dataset=args.dataset, trial=args.trial, args=dict(vars(args)), **fields), str(path))
 
 
+@pytest.mark.slow  # prepare_run asks git for the code version (a process)
 @pytest.mark.parametrize("changed, flag", [(["--img-h", "96", "--img-w", "48"], "--img-h"),
                                            (["--arch", "resnet34"], "--arch"), (["--seed", "7"], "--seed"),
                                            (["--momentum", "0.5"], "--momentum"), (["--use-hard"], "--use-hard")])
@@ -168,6 +133,7 @@ def test_stage1_resume_with_other_flags_refused(tiny_sysu, tmp_path, changed, fl
     _prepare(tiny_sysu, tmp_path, first + ["--resume", "--workers", "0", "--epochs", "3"], stage="baseline")
 
 
+@pytest.mark.slow  # prepare_run asks git for the code version (a process)
 def test_stage1_resume_of_another_datasets_checkpoint_refused(tiny_sysu, tmp_path):
     args, ctx = _prepare(tiny_sysu, tmp_path, stage="baseline")
     _fake_checkpoint(os.path.join(ctx.run_dir, "intra", "last.pth"), argparse.Namespace(**{
@@ -176,6 +142,7 @@ def test_stage1_resume_of_another_datasets_checkpoint_refused(tiny_sysu, tmp_pat
         _prepare(tiny_sysu, tmp_path, ["--resume"], stage="baseline")
 
 
+@pytest.mark.slow  # prepare_run asks git for the code version (a process)
 def test_stage2_resume_after_stage1_rerun_refused(tiny_sysu, tmp_path):
     s1 = tmp_path / "s1"
     s1.mkdir()
@@ -205,6 +172,7 @@ def test_stage2_resume_after_stage1_rerun_refused(tiny_sysu, tmp_path):
 
 # Ctrl-C -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_interrupt_dropped_by_python_still_stops_the_run():
     """A Ctrl-C whose KeyboardInterrupt lands in a __del__ (Python prints and drops it) still ends the
     run, with exit status 130, within the grace time; without the handler this loops for ever."""
@@ -226,7 +194,7 @@ def test_interrupt_dropped_by_python_still_stops_the_run():
 
         sys.exit(run_cli(main, grace_s=1.0))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = run_cmd([sys.executable, "-c", code], timeout=120)
     assert proc.returncode == 130, proc.stderr
     assert "interrupted" in proc.stderr
 
@@ -249,6 +217,7 @@ def test_run_cli_reports_interrupt_and_restores_the_handler(capsys):
 
 # the training scripts keep to one --output-dir ----------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, stage1, stage2", [
     ("train_sysu.sh", "OUT/sysu/baseline/final.pth", "OUT/sysu/mmm/best.pth"),
     ("train_llcm.sh", "OUT/llcm/baseline/final.pth", "OUT/llcm/mmm/best.pth"),
@@ -261,11 +230,86 @@ def test_train_scripts_read_stage1_from_the_output_dir(tmp_path, script, stage1,
     fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {tmp_path / 'calls.txt'}\n")
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
-    subprocess.run(["bash", os.path.join(ROOT, "scripts", script), "DATA", *spelling, "--epochs", "1"],
-                   env=env, check=True, timeout=60)
+    assert run_cmd(["bash", os.path.join(ROOT, "scripts", script), "DATA", *spelling, "--epochs", "1"],
+                   env=env, timeout=60).returncode == 0
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     mains = [c for c in calls if c.startswith("main.py")]
     tests = [c for c in calls if c.startswith("test.py")]
     assert mains and tests and "logs/" not in json.dumps(calls)
     assert f"--resume_net1 {stage1}" in mains[-1]
     assert all(f"--resume-net1 {stage2}" in t for t in tests)
+
+
+@pytest.mark.slow  # prepare_run asks git for the code version (a process)
+def test_orphan_temp_files_removed_at_start(synth, tmp_path):
+    run_dir = tmp_path / "sysu" / "mmm"
+    (run_dir / "sub").mkdir(parents=True)
+    old = [run_dir / ".tmp_a1b2.pth", run_dir / "sub" / ".tmp_c3.pth"]
+    keep = [run_dir / ".tmp_new.pth", run_dir / "other.pth"]
+    for p in old + keep:
+        p.write_bytes(b"x" * 10)
+    past = time.time() - 3600
+    for p in old + [keep[1]]:
+        os.utime(p, (past, past))
+    _prepare(synth, tmp_path)
+    assert not any(p.exists() for p in old) and all(p.exists() for p in keep)
+    log = (run_dir / "log.txt").read_text()
+    assert all(str(p) in log for p in old) and ".tmp_new.pth" not in log
+
+
+@pytest.mark.slow  # prepare_run asks git for the code version (a process)
+def test_args_json_rewritten_each_start_with_absolute_paths(synth, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c").mkdir()
+    rel_data = os.path.relpath(synth, tmp_path)
+    _prepare(rel_data, "out", ["--batch-ids", "4"])
+    _prepare(rel_data, "out", ["--batch-ids", "2", "--cache-dir", "c"])
+    rec = json.loads((tmp_path / "out" / "sysu" / "mmm" / "args.json").read_text())
+    assert rec["batch_ids"] == 2
+    for key in ("data_dir", "output_dir", "resume_net1", "cache_dir"):
+        assert os.path.isabs(rec[key]), key
+    assert rec["data_dir"] == str(synth)
+    head = run_cmd(["git", "rev-parse", "HEAD"])
+    assert rec["code_version"] == (head.stdout.strip() if head.returncode == 0 else "unknown")
+
+
+def test_code_version_without_git(monkeypatch):
+    from utils import run
+
+    def no_git(*a, **k):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(run.subprocess, "run", no_git)
+    assert run.code_version() == "unknown"
+
+
+def test_checkpoint_file_mode_follows_umask(tmp_path):
+    from utils.checkpoint import atomic_torch_save
+
+    old = os.umask(0o022)
+    try:
+        atomic_torch_save({"x": 1}, str(tmp_path / "a.pth"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pth").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+
+
+def test_version1_checkpoint_epoch_read_as_completed_epochs(tmp_path):
+    """Version 1 stored the 0-based index of the last epoch: resuming it must not repeat nor skip one."""
+    import torch
+    from utils.checkpoint import FORMAT, load_checkpoint
+
+    torch.save({"format": FORMAT, "version": 1, "model": {}, "epoch": 0}, tmp_path / "old.pth")
+    torch.save({"format": FORMAT, "version": 2, "model": {}, "epoch": 1}, tmp_path / "new.pth")
+    assert load_checkpoint(str(tmp_path / "old.pth"))["epoch"] == 1
+    assert load_checkpoint(str(tmp_path / "new.pth"))["epoch"] == 1
+
+
+@pytest.mark.slow  # prepare_run asks git for the code version (a process)
+def test_log_marks_every_start_of_a_run(synth, tmp_path):
+    """A failed attempt and its corrected rerun share log.txt: each start is marked with its time and command."""
+    _prepare(synth, tmp_path, ["--batch-ids", "4"])
+    _prepare(synth, tmp_path, ["--batch-ids", "2"])
+    starts = [line for line in (tmp_path / "sysu" / "mmm" / "log.txt").read_text().splitlines()
+              if "==== start " in line]
+    assert len(starts) == 2 and all("(code " in line for line in starts)

@@ -1,7 +1,6 @@
 """Reliability, round two (issue 19): every input checked where it enters (dataset lists before the
 first epoch, stage-1 artifacts, pretrained weights, images of other formats), and test.py's results never
 overwritten silently. In-process, on tiny generated data."""
-import json
 import os
 import shutil
 
@@ -84,14 +83,14 @@ def llcm(tmp_path_factory):
 def test_llcm_test_id_without_images_found_before_training(llcm, tmp_path):
     """prepare_run (the start of either stage) resolves the test protocol: the missing id is reported
     before the first epoch, not by the first evaluation."""
-    from utils.args import baseline_parser, parse
+    from utils.args import stage1_parser, parse
     from utils.run import prepare_run
     from utils.settings import stage1_settings
 
     copy = tmp_path / "LLCM"
     shutil.copytree(llcm, copy)
     (copy / "idx" / "test_id.txt").write_text((copy / "idx" / "test_id.txt").read_text().strip() + ",9999\n")
-    args = parse(baseline_parser("llcm"), ["--data-dir", str(copy), "--output-dir", str(tmp_path / "out"),
+    args = parse(stage1_parser("llcm"), ["--data-dir", str(copy), "--output-dir", str(tmp_path / "out"),
                                            "--device", "cpu"], dataset="llcm")
     with pytest.raises(DataError, match="id 9999 listed in"):
         prepare_run(stage1_settings(args), last_checkpoint=os.path.join("intra", "last.pth"))

@@ -1,41 +1,33 @@
-"""Bad input and machine faults through the real entry points (issue 12): each probe runs a script
-in a subprocess on tiny generated data and must end with exit status 2, exactly one ``error:`` line
-that names the culprit, and no traceback."""
+"""Bad input and machine faults through the entry points (issue 12): each probe runs an entry point on
+tiny generated data and must end with exit status 2, exactly one ``error:`` line that names the culprit,
+and no traceback. In-process (``main(argv)`` through ``run_cli``, tests/e2e_harness.py ``run_main``)
+unless a real process is the point: DataLoader worker processes, a file-size limit on the process."""
 import os
-import re
 import resource
 import shutil
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TINY = ["--arch", "resnet18", "--pretrained", "none", "--img-h", "32", "--img-w", "16", "--device", "cpu",
-        "--workers", "0"]
-STAGE1 = TINY + ["--epochs", "1", "--iters", "1", "--batch-size", "8", "--num-instances", "4", "--eval-step", "0"]
-ERROR_LINE = re.compile(r"(^|: )error: ")
+from e2e_harness import STAGE1 as E2E_STAGE1
+from e2e_harness import TINY as E2E_TINY
+from e2e_harness import assert_one_error, entry_main, flags, run_main
+from e2e_harness import run as run_process
+
+# Every probe trains (stage 1) or builds a run folder: git is asked for the code version.
+pytestmark = pytest.mark.slow
+
+TINY = flags(E2E_TINY, pretrained="none")
+STAGE1 = flags(E2E_STAGE1, drop=["--report-ari", "--k1", "--eps", "--k1-joint", "--k2-joint"], epochs=1, iters=1,
+               batch_size=8, eval_step=0)
 
 
-def run(script: str, *args, preexec=None) -> subprocess.CompletedProcess:
-    """``python <script> <args>`` in the repository root."""
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=600, preexec_fn=preexec)
-
-
-def assert_one_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit 2, no traceback, exactly one error line, containing every fragment; returns the line."""
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2, out[-3000:]
-    assert "Traceback" not in out and "Caught " not in out, out[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if ERROR_LINE.search(line)]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+def run(script: str, *args, preexec=None, capsys=None):
+    """``<script> <args>``: in-process with ``capsys``, else ``python <script>`` in the repository root."""
+    if capsys is not None:
+        return run_main(entry_main(script), args, capsys)
+    return run_process(script, *args, timeout=600, preexec_fn=preexec)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +75,7 @@ def test_corrupt_image_with_worker_processes(synth, tmp_path):
     rgb, _ = load_train("sysu", str(data))
     with open(rgb[0].path, "wb") as f:
         f.write(b"not a jpeg at all" * 20)
-    args = [a if a != "0" else "2" for a in STAGE1]  # --workers 2
+    args = flags(STAGE1, workers=2)  # --workers 2
     proc = run("baseline_sysu.py", "--data-dir", data, "--output-dir", tmp_path / "out", *args)
     assert_one_error(proc, rgb[0].path, "cannot be decoded")
 
@@ -100,18 +92,18 @@ def _unwritable(tmp_path) -> str:
     return str(folder / "out")
 
 
-def test_unwritable_output_dir_refused_before_any_work(synth, tmp_path):
+def test_unwritable_output_dir_refused_before_any_work(synth, tmp_path, capsys):
     out = _unwritable(tmp_path)
-    proc = run("baseline_sysu.py", "--data-dir", synth, "--output-dir", out, *STAGE1)
+    proc = run("baseline_sysu.py", "--data-dir", synth, "--output-dir", out, *STAGE1, capsys=capsys)
     assert_one_error(proc, "--output-dir", out)
     assert "extract" not in proc.stdout + proc.stderr  # refused before the first feature extraction
 
 
-def test_output_dir_under_a_file(synth, tmp_path):
+def test_output_dir_under_a_file(synth, tmp_path, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     proc = run("main.py", "--dataset", "sysu", "--data-dir", synth, "--output-dir", blocker / "out",
-               "--resume_net1", "x.pth", *TINY)
+               "--resume_net1", "x.pth", *TINY, capsys=capsys)
     assert_one_error(proc, "--output-dir", str(blocker))
 
 
@@ -139,7 +131,7 @@ def test_full_disk_at_checkpoint_write(synth, tmp_path):
     ("state_dict", ["--resume_net1", "not a checkpoint of this project"]),
     ("stage2", ["--resume_net1", "stage-2 checkpoint", "baseline/final.pth"]),
 ])
-def test_main_names_a_wrong_stage1_checkpoint(synth, stage1_output, tmp_path, case, fragments):
+def test_main_names_a_wrong_stage1_checkpoint(synth, stage1_output, tmp_path, case, fragments, capsys):
     """Reported as a checkpoint problem, never as a missing pseudo_labels.npz."""
     import torch
 
@@ -151,12 +143,12 @@ def test_main_names_a_wrong_stage1_checkpoint(synth, stage1_output, tmp_path, ca
         path = tmp_path / "resnet.pth"
         torch.save({"conv1.weight": torch.zeros(1)}, path)
     proc = run("main.py", "--dataset", "sysu", "--data-dir", synth, "--output-dir", tmp_path / "out",
-               "--resume_net1", path, *TINY)
+               "--resume_net1", path, *TINY, capsys=capsys)
     line = assert_one_error(proc, *fragments, str(path))
     assert "pseudo_labels" not in line
 
 
-def test_resume_with_another_arch(synth, stage1_output, tmp_path):
+def test_resume_with_another_arch(synth, stage1_output, tmp_path, capsys):
     """--resume of a resnet18 run with --arch resnet34 says which --arch the run needs."""
     from utils.checkpoint import load_checkpoint, atomic_torch_save
 
@@ -164,7 +156,8 @@ def test_resume_with_another_arch(synth, stage1_output, tmp_path):
     ckpt = load_checkpoint(str(stage1_output / "final.pth"))
     atomic_torch_save(dict(ckpt, phase="intra"), str(run_dir / "intra" / "last.pth"))
     args = [a if a != "resnet18" else "resnet34" for a in STAGE1]
-    proc = run("baseline_sysu.py", "--data-dir", synth, "--output-dir", tmp_path / "out", "--resume", *args)
+    proc = run("baseline_sysu.py", "--data-dir", synth, "--output-dir", tmp_path / "out", "--resume", *args,
+               capsys=capsys)
     line = assert_one_error(proc, "last.pth", "resnet18", "--arch resnet18")
     assert "Error(s) in loading" not in line
 
@@ -172,10 +165,11 @@ def test_resume_with_another_arch(synth, stage1_output, tmp_path):
 # stage-2 matching ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("matching", ["greedy", "hungarian"])
-def test_matching_failure_hint_fits_the_flags(synth, stage1_output, tmp_path, matching):
+def test_matching_failure_hint_fits_the_flags(synth, stage1_output, tmp_path, matching, capsys):
     """2 matched clusters for --batch-ids 4: the hint offers --matching hungarian only when not given."""
     proc = run("main.py", "--dataset", "sysu", "--data-dir", synth, "--output-dir", tmp_path / "out",
-               "--resume_net1", stage1_output / "final.pth", "--matching", matching, "--batch-ids", "4", *TINY)
+               "--resume_net1", stage1_output / "final.pth", "--matching", matching, "--batch-ids", "4", *TINY,
+               capsys=capsys)
     line = assert_one_error(proc, "--batch-ids 4")
     assert ("--matching hungarian" in line) == (matching == "greedy"), line
 
@@ -184,18 +178,28 @@ def test_matching_failure_hint_fits_the_flags(synth, stage1_output, tmp_path, ma
 
 @pytest.mark.parametrize("case, fragments", [("missing", ["--pretrained", "no file at"]),
                                              ("garbage", ["cannot read pretrained weights"])])
-def test_bad_pretrained_file(synth, tmp_path, case, fragments):
+def test_bad_pretrained_file(synth, tmp_path, case, fragments, capsys):
     path = tmp_path / "weights.pth"
     if case == "garbage":
         path.write_text("root:x:0:0:root:/root:/bin/bash\n")
     args = [a if a != "none" else str(path) for a in STAGE1]
-    proc = run("baseline_sysu.py", "--data-dir", synth, "--output-dir", tmp_path / "out", *args)
+    proc = run("baseline_sysu.py", "--data-dir", synth, "--output-dir", tmp_path / "out", *args, capsys=capsys)
     assert_one_error(proc, *fragments, str(path))
 
 
-def test_testpy_unwritable_out_refused_before_evaluating(synth, stage1_output, tmp_path):
+def test_testpy_unwritable_out_refused_before_evaluating(synth, stage1_output, tmp_path, capsys):
     out = os.path.join(_unwritable(tmp_path), "result.json")
     proc = run("test.py", "--dataset", "sysu", "--data-dir", synth, "--resume-net1", stage1_output / "final.pth",
-               "--out", out, "--device", "cpu", "--workers", "0")
+               "--out", out, "--device", "cpu", "--workers", "0", capsys=capsys)
     assert_one_error(proc, "--out", os.path.dirname(out))
     assert "MEAN" not in proc.stdout  # refused before the evaluation
+
+
+def test_worker_wrapped_error_keeps_only_the_message():
+    from data.sample import DataError
+    from utils.cli import error_message
+
+    wrapped = DataError('Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call '
+                        'last):\n  File "x.py", line 3, in f\ndata.sample.DataError: image a.jpg cannot be decoded\n')
+    assert error_message(wrapped) == "image a.jpg cannot be decoded"
+    assert error_message(DataError("plain: message")) == "plain: message"

@@ -282,3 +282,16 @@ def test_faiss_table_equals_the_torch_table_on_exact_duplicates(monkeypatch):
     idx_f, d_f = knn_search(x, 7, knn="faiss")
     np.testing.assert_array_equal(idx_f, idx_t)  # ties by index, as the torch backend breaks them
     np.testing.assert_allclose(d_f, d_t, rtol=1e-5, atol=1e-5)
+
+
+def test_stage2_wrap_skips_data_parallel(monkeypatch):
+    """Several visible GPUs without torchrun: stage 1 wraps in DataParallel (as released), stage 2
+    (data_parallel=False) trains the plain model on one GPU (as released)."""
+    import torch
+    from utils.distributed import DistInfo, wrap_model
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    model = torch.nn.Linear(2, 2)
+    cuda = torch.device("cuda")
+    assert isinstance(wrap_model(model, DistInfo(), cuda), torch.nn.DataParallel)
+    assert wrap_model(model, DistInfo(), cuda, data_parallel=False) is model
