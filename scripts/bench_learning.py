@@ -213,8 +213,7 @@ def write_initial_network(args, path: str) -> str:
     from utils.train.network import build_network
 
     torch.manual_seed(args.seed)  # the BN neck's random scale, as stage 1 draws it
-    settings = ModelSettings(args.arch, args.pretrained, channels_last=False, sync_bn=False)
-    model = build_network(settings, torch.device("cpu"))  # stage 1's builder
+    model = build_network(ModelSettings(args.arch, args.pretrained, False, False), torch.device("cpu"))  # stage 1's
     ckpt = make_checkpoint(model, stage="baseline", phase="init", dataset="sysu", trial=None, epoch=0,
                            args={"arch": args.arch, "img_h": args.img_h, "img_w": args.img_w,
                                  "pretrained": args.pretrained, "seed": args.seed})

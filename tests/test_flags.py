@@ -12,37 +12,15 @@ import sys
 
 import pytest
 
+from flag_helpers import NEEDS
+from flag_helpers import parser_of as _parser
+from flag_helpers import refused as _refused
 from e2e_harness import entry_main, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("clustering", "data", "memory", "model", "utils")
 ENTRY_FILES = ("baseline_sysu.py", "baseline_regdb.py", "baseline_llcm.py", "main.py", "test.py")
 DEFINITION = re.compile(r"add_argument\(|_alias\(")
-# The flags each entry point cannot run without.
-NEEDS = {"main": ["--dataset", "sysu", "--data-dir", "D", "--resume-net1", "x.pth"],
-         "test": ["--dataset", "regdb", "--trial", "1", "--data-dir", "D", "--resume-net1", "x.pth"],
-         "baseline": ["--data-dir", "D"]}
-
-
-def _parser(kind: str):
-    """The parser of baseline_sysu.py, main.py or test.py."""
-    from utils.args import stage1_parser, stage2_parser, test_parser
-
-    return {"baseline": lambda: stage1_parser("sysu"), "main": stage2_parser, "test": test_parser}[kind]()
-
-
-def _refused(kind: str, extra, capsys) -> str:
-    """utils.args.parse of NEEDS[kind] + extra must end in one usage error (exit 2); returns its line."""
-    from utils.args import parse
-
-    with pytest.raises(SystemExit) as info:
-        parse(_parser(kind), NEEDS[kind] + list(extra), dataset="sysu" if kind == "baseline" else None)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if ": error: " in line]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _read(path: str) -> str:

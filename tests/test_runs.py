@@ -13,32 +13,10 @@ import time
 import pytest
 
 from data.sample import DataError
+from flag_helpers import parser_of as _parser
 from e2e_harness import run_cmd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NEEDS = {"main": ["--dataset", "sysu", "--data-dir", "D", "--resume-net1", "x.pth"],
-         "test": ["--dataset", "regdb", "--trial", "1", "--data-dir", "D", "--resume-net1", "x.pth"],
-         "baseline": ["--data-dir", "D"]}
-
-
-def _parser(kind: str):
-    from utils.args import stage1_parser, stage2_parser, test_parser
-
-    return {"baseline": lambda: stage1_parser("sysu"), "main": stage2_parser, "test": test_parser}[kind]()
-
-
-def _refused(kind: str, extra, capsys) -> str:
-    """utils.args.parse of NEEDS[kind] + extra must end in one usage error (exit 2); returns its line."""
-    from utils.args import parse
-
-    with pytest.raises(SystemExit) as info:
-        parse(_parser(kind), NEEDS[kind] + list(extra), dataset="sysu" if kind == "baseline" else None)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if ": error: " in line]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # flags ----------------------------------------------------------------------------------------------
