@@ -13,8 +13,8 @@ computed, the memory rows of the classes in the batch are moved towards their sa
 
 The update lives in ``backward`` so it happens exactly once per optimiser step and only when the
 loss is actually back-propagated (no update under ``torch.no_grad()`` or without ``backward``).
-Under torchrun the caller gives the memory its ``world_size`` (and process group): the update then
-gathers every process's batch, so all copies of the memory stay identical.
+Under torchrun the caller gives the memory a ``gather`` (utils/distributed.py ``batch_gather``): the
+update then gathers every process's batch, so all copies of the memory stay identical.
 
 Host syncs: none in one process when the labels come on the CPU (the sequential update's schedule is
 read from them in forward); under torchrun the gathered labels live on the GPU, so the sequential
@@ -22,10 +22,9 @@ update reads its schedule from there (one sync per update); the hard update neve
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -127,35 +126,22 @@ def hard_update_(memory: torch.Tensor, inputs: torch.Tensor, targets: torch.Tens
     memory[targets] = F.normalize(momentum * memory[targets] + (1.0 - momentum) * x[pick[targets]], dim=1)
 
 
-def _gather_all_ranks(inputs: torch.Tensor, targets: torch.Tensor, world_size: int,
-                      group=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate (in rank order) the (B, D) and (B,) batches of the ``world_size`` processes of
-    ``group`` (torch.distributed's default group when None); identity when ``world_size`` is 1.
-
-    Every rank then applies the same update, so the memories stay identical across processes.
-    Requires equal batch sizes on all ranks (``torch.distributed.all_gather`` semantics).
-    """
-    if world_size == 1:
-        return inputs, targets
-    xs = [torch.empty_like(inputs) for _ in range(world_size)]
-    ys = [torch.empty_like(targets) for _ in range(world_size)]
-    dist.all_gather(xs, inputs.contiguous(), group=group)
-    dist.all_gather(ys, targets.contiguous(), group=group)
-    return torch.cat(xs), torch.cat(ys)
+#: (B, D) inputs, (B,) targets -> every process's rows in rank order, (world x B, D) and (world x B,).
+Gather = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 
 
 class _MemoryProduct(torch.autograd.Function):
     """logits = x̂ Mᵀ; backward: grad_x = grad_logits · M (M constant), then momentum-update M."""
 
     @staticmethod
-    def forward(ctx, inputs, targets, memory, momentum, use_hard, ranks, schedule):
-        """(B, D) unit inputs, (B,) targets, (K, D) memory → (B, K) logits x̂ Mᵀ; ``ranks`` =
-        (world size, process group) whose batches the update gathers; ``schedule``: the sequential
-        update's :func:`update_schedule` of ``targets`` or None."""
+    def forward(ctx, inputs, targets, memory, momentum, use_hard, gather, schedule):
+        """(B, D) unit inputs, (B,) targets, (K, D) memory → (B, K) logits x̂ Mᵀ; ``gather``: how the
+        update collects the batches of every process (None: this process's only); ``schedule``: the
+        sequential update's :func:`update_schedule` of ``targets`` or None."""
         ctx.memory = memory  # a live reference: the update below must reach the module's buffer
         ctx.momentum = momentum
         ctx.use_hard = use_hard
-        ctx.ranks = ranks
+        ctx.gather = gather
         ctx.schedule = schedule
         ctx.save_for_backward(inputs, targets)
         return inputs.to(memory.dtype).mm(memory.t())
@@ -169,11 +155,12 @@ class _MemoryProduct(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # Computed BEFORE the update so the gradient uses the memory of the forward pass.
             grad_inputs = grad_logits.to(memory.dtype).mm(memory).to(inputs.dtype)
-        all_x, all_y = _gather_all_ranks(inputs.detach(), targets, *ctx.ranks)
+        alone = ctx.gather is None
+        all_x, all_y = (inputs.detach(), targets) if alone else ctx.gather(inputs.detach(), targets)
         if ctx.use_hard:
             hard_update_(memory, all_x, all_y, ctx.momentum)
         else:  # the gathered batch of several processes has no schedule yet (one host sync to make it)
-            schedule = ctx.schedule if ctx.ranks[0] == 1 else None
+            schedule = ctx.schedule if alone else None
             sequential_update_(memory, all_x, all_y, ctx.momentum, schedule)
         return grad_inputs, None, None, None, None, None, None
 
@@ -195,13 +182,13 @@ class ClusterMemory(nn.Module):
         temp: τ of the softmax (0.05).
         momentum: μ, weight of the old centre (0.1).
         use_hard: use :func:`hard_update_` instead of :func:`sequential_update_`.
-        world_size: processes training together (torchrun); when > 1 the update in backward gathers
-            the batches of all of them (equal sizes), so every copy of the memory stays identical.
-        group: their torch.distributed process group (None: the default group).
+        gather: with several processes training together (torchrun), how the update in backward gathers
+            the batches of all of them (equal sizes; utils/distributed.py ``batch_gather``), so every copy of
+            the memory stays identical; None: one process.
     """
 
     def __init__(self, num_features: int, num_clusters: int, temp: float = 0.05,
-                 momentum: float = 0.1, use_hard: bool = False, world_size: int = 1, group=None) -> None:
+                 momentum: float = 0.1, use_hard: bool = False, gather: Optional[Gather] = None) -> None:
         super().__init__()
         if temp <= 0:
             raise ValueError(f"temp must be > 0, got {temp}")
@@ -212,9 +199,9 @@ class ClusterMemory(nn.Module):
         self.temp = float(temp)
         self.momentum = float(momentum)
         self.use_hard = bool(use_hard)
-        if world_size < 1:
-            raise ValueError(f"world_size must be >= 1, got {world_size}")
-        self.world_size, self.group = int(world_size), group
+        if gather is not None and not callable(gather):
+            raise TypeError(f"gather must be a callable or None, got {type(gather).__name__}")
+        self.gather = gather
         self.register_buffer("features", torch.zeros(self.num_clusters, self.num_features))
 
     @torch.no_grad()
@@ -254,12 +241,12 @@ class ClusterMemory(nn.Module):
                 update's schedule is then read there, not from the GPU (moved to the memory's device).
         """
         schedule = None
-        if not self.use_hard and self.world_size == 1 and targets.device.type == "cpu":
+        if not self.use_hard and self.gather is None and targets.device.type == "cpu":
             schedule = update_schedule(targets)
         targets = targets.to(self.features.device, non_blocking=True)
         x = F.normalize(inputs, dim=1)
         logits = _MemoryProduct.apply(x, targets, self.features, self.momentum, self.use_hard,
-                                      (self.world_size, self.group), schedule)
+                                      self.gather, schedule)
         return F.cross_entropy(logits / self.temp, targets)
 
     def extra_repr(self) -> str:

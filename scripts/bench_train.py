@@ -43,6 +43,8 @@ import torch  # noqa: E402
 from data.sample import DataError  # noqa: E402
 from utils.arg_types import default_workers  # noqa: E402
 from utils.bench.speed import bench_cluster, extraction_rate, stage1_step, stage2_step  # noqa: E402
+from utils.settings import CLUSTER_INTERPOLATION as CLUSTER  # noqa: E402
+from utils.settings import TEST_INTERPOLATION as TEST  # noqa: E402
 
 SIZES = {  # "real" = the released settings; "small" = a quick CPU run of the same code
     "small": dict(arch="resnet18", img_h=64, img_w=32, s1_views=32, s1_ir=16, s2_ids=6, s2_pos=4, classes=64,
@@ -86,7 +88,7 @@ def loader_data(workdir: str, seed: int, h: int, w: int):
         generate_sysu(root, ids=12, seed=seed, height=320, width=160, images_per_cam=(3, 5), force=True)
     rgb, ir = load_train("sysu", root)
     caches = {interp: ImageCache.build(os.path.join(workdir, "cache"), root, [s.path for s in rgb + ir], h, w,
-                                       interp, progress=False) for interp in ("bicubic", "lanczos")}
+                                       interp, progress=False) for interp in (CLUSTER, TEST)}
     return rgb, ir, caches
 
 
@@ -116,9 +118,9 @@ def bench_loader(args, h: int = 288, w: int = 144) -> Dict[str, Dict[str, float]
         for state in ("decoded", "cached"):
             torch.manual_seed(args.seed)
             c = {k: (v if state == "cached" else None) for k, v in caches.items()}
-            s1 = {m: ImageDataset(s, tf, h=h, w=w, interpolation="bicubic", cache=c["bicubic"])
+            s1 = {m: ImageDataset(s, tf, h=h, w=w, interpolation=CLUSTER, cache=c[CLUSTER])
                   for m, s, tf in (("rgb", rgb, rgb_tf), ("ir", ir, ir_tf))}
-            pair = PairedDataset(*(ImageDataset(s, tf, h=h, w=w, interpolation="lanczos", cache=c["lanczos"])
+            pair = PairedDataset(*(ImageDataset(s, tf, h=h, w=w, interpolation=TEST, cache=c[TEST])
                                    for s, tf in ((rgb, rgb_tf), (ir, ir_tf))))
             r = {m: per_core_rate(d, args.loader_images, False) for m, d in s1.items()}
             out[state] = {"stage1_rgb": r["rgb"], "stage1_ir": r["ir"],

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from memory.centroids import cluster_centroids, cross_modal_mask, mixed_centroids
 from memory.cluster_memory import ClusterMemory, hard_update_, occurrence_rank, sequential_update_
+from utils.distributed import DistInfo, batch_gather
 
 # ----------------------------------------------------------------------------- references (loops)
 
@@ -241,7 +242,8 @@ def _dist_worker(rank, world, init_file, memory, xs, ys, out_dir):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}",
                                          rank=rank, world_size=world)
     try:
-        mem = ClusterMemory(memory.shape[1], memory.shape[0], world_size=world)
+        gather = batch_gather(DistInfo(enabled=True, rank=rank, world_size=world))
+        mem = ClusterMemory(memory.shape[1], memory.shape[0], gather=gather)
         mem.set_centroids(memory)
         mem(xs[rank].clone().requires_grad_(True), ys[rank]).backward()
         torch.save(mem.features, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -274,6 +276,11 @@ def test_distributed_ranks_apply_same_update(tmp_path):
         assert torch.max(torch.abs(alone - loop_sequential(memory, F.normalize(xs[r], dim=1), ys[r], 0.1))) < 1e-6
 
 
-def test_world_size_must_be_positive():
-    with pytest.raises(ValueError, match="world_size"):
-        ClusterMemory(4, 3, world_size=0)
+def test_gather_must_be_callable():
+    with pytest.raises(TypeError, match="gather"):
+        ClusterMemory(4, 3, gather=2)
+
+
+def test_batch_gather_is_none_for_one_process():
+    assert batch_gather(DistInfo()) is None
+    assert batch_gather(DistInfo(enabled=True, rank=0, world_size=1)) is None  # torchrun with one process

@@ -180,6 +180,21 @@ def mean_over_ranks(values: Dict[str, float], dist: DistInfo) -> Dict[str, float
     return {k: float(v) / dist.world_size for k, v in zip(keys, t.tolist())}
 
 
+def batch_gather(dist: DistInfo):
+    """The gather of a cluster memory (memory/cluster_memory.py) under torchrun: (B, D) inputs and (B,)
+    targets -> every process's rows in rank order (equal B on every rank). None for one process."""
+    if not dist.enabled or dist.world_size == 1:
+        return None
+
+    def gather(inputs: torch.Tensor, targets: torch.Tensor):
+        xs = [torch.empty_like(inputs) for _ in range(dist.world_size)]
+        ys = [torch.empty_like(targets) for _ in range(dist.world_size)]
+        tdist.all_gather(xs, inputs.contiguous())
+        tdist.all_gather(ys, targets.contiguous())
+        return torch.cat(xs), torch.cat(ys)
+    return gather
+
+
 def gather_keep_grad(x: torch.Tensor, dist: DistInfo) -> torch.Tensor:
     """All ranks' rows in rank order; only this rank's rows keep their autograd graph.
 

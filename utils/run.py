@@ -20,7 +20,7 @@ from utils.checkpoint import check_compatible, load_checkpoint
 from utils.run_identity import check_same_run, stage1_digests
 from utils.runlock import acquire_lock
 from utils.runlog import setup_logger, write_args
-from utils.settings import DataSettings, RunSettings
+from utils.settings import DataSettings, RunSettings, Stage2Settings
 from utils.train.callbacks import Observers
 
 #: Flags holding a path, recorded absolute in ``args.json``.
@@ -60,7 +60,7 @@ class RunContext:
 def run_dir_for(run: RunSettings, data: DataSettings) -> str:
     """``<output-dir>/<dataset>[_trial<t>]/<stage>``."""
     name = data.dataset if data.trial is None else f"{data.dataset}_trial{data.trial}"
-    return os.path.join(run.output_dir, name, run.stage)
+    return os.path.join(run.output_dir, name, run.folder)
 
 
 def prepare_run(settings, last_checkpoint: str, observers: Optional[Observers] = None) -> RunContext:
@@ -87,15 +87,15 @@ def prepare_run(settings, last_checkpoint: str, observers: Optional[Observers] =
     # has already created files or the other ranks do not see rank 0's file system.
     existing = run_on_main(lambda: os.path.exists(os.path.join(run_dir, last_checkpoint)), dist)
     if existing and not run.resume:
-        raise DataError(f"{run_dir} already holds a {run.stage} run; pass --resume to continue it, "
+        raise DataError(f"{run_dir} already holds a {run.folder} run; pass --resume to continue it, "
                         "or choose another --output-dir")
     flags = dict(run.flags)
-    if run.stage == "mmm":  # saved with the run's checkpoints: a resume checks that stage 1 is still the same
+    if isinstance(settings, Stage2Settings):  # saved with the run's checkpoints: a resume checks stage 1 is the same
         flags["stage1_inputs"] = run_on_main(
             lambda: stage1_digests(settings.resume_net1, settings.baseline_artifact), dist)
     warning = run_on_main(lambda: claim_run_dir(flags, run_dir, last_checkpoint if existing else None), dist)
     check_dataset(data.dataset, data.data_dir, data.trial)  # every list resolvable before the first epoch
-    logger = setup_logger(run_dir, run.stage, enabled=dist.is_main)
+    logger = setup_logger(run_dir, run.folder, enabled=dist.is_main)
     if warning:
         logger.warning(warning)
     if dist.is_main:
@@ -108,7 +108,7 @@ def prepare_run(settings, last_checkpoint: str, observers: Optional[Observers] =
     # Same seed on every rank: samplers generate identical global batches and slice them per rank.
     seed_everything(settings.schedule.seed)
     cache_dir = image_cache_dir(data)
-    logger.info(f"{run.stage}: dataset {data.dataset}{'' if data.trial is None else ' trial %s' % data.trial}, "
+    logger.info(f"{run.folder}: dataset {data.dataset}{'' if data.trial is None else ' trial %s' % data.trial}, "
                 f"device {device}{' x %d processes (torchrun)' % dist.world_size if dist.enabled else ''}, "
                 f"run dir {run_dir}, image cache {cache_dir or 'none (decoding images)'}"
                 f"{', resuming' if existing else ''}")

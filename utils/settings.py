@@ -156,7 +156,7 @@ class MatchSettings:
 class RunSettings:
     """The run folder and its identity."""
 
-    stage: str  # "baseline" (stage 1) or "mmm" (stage 2): the run folder's name
+    folder: str  # the run folder's name, as released: "baseline" (stage 1), "mmm" (stage 2)
     output_dir: str
     resume: bool
     device: str
@@ -213,8 +213,8 @@ def _data(args: argparse.Namespace) -> DataSettings:
                         workers=args.workers, img_h=args.img_h, img_w=args.img_w)
 
 
-def _run(args: argparse.Namespace, stage: str) -> RunSettings:
-    return RunSettings(stage=stage, output_dir=args.output_dir, resume=args.resume, device=args.device,
+def _run(args: argparse.Namespace, folder: str) -> RunSettings:
+    return RunSettings(folder=folder, output_dir=args.output_dir, resume=args.resume, device=args.device,
                        amp=args.amp, flags=dict(vars(args)))
 
 

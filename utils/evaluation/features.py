@@ -15,6 +15,7 @@ from data.sample import MODALITIES, RGB, Sample
 from data.transforms import build_test_transform
 from model import input_memory_format
 from utils.device import autocast
+from utils.settings import TEST_INTERPOLATION
 
 
 @torch.no_grad()
@@ -62,7 +63,7 @@ class Extraction:
     device: torch.device
     img_h: int = 288
     img_w: int = 144
-    interpolation: str = "lanczos"
+    interpolation: str = TEST_INTERPOLATION
     cache: Optional[object] = None
     batch_size: int = 128
     workers: int = 2

@@ -17,6 +17,7 @@ from memory.centroids import cluster_centroids, cross_modal_mask, mixed_centroid
 from memory.cluster_memory import ClusterMemory
 from model import input_memory_format
 from utils.device import autocast, replica_order
+from utils.distributed import batch_gather
 from utils.settings import CLUSTER_INTERPOLATION, ClusterSettings, MemorySettings, Stage1Batches, Stage1Settings
 
 
@@ -65,13 +66,14 @@ def _modality_vector(n_rgb: int, n: int) -> torch.Tensor:
 
 
 def build_memory(features: torch.Tensor, labels: np.ndarray, memory: MemorySettings, device,
-                 modality: Optional[torch.Tensor] = None, world_size: int = 1) -> Optional[ClusterMemory]:
+                 modality: Optional[torch.Tensor] = None, gather=None) -> Optional[ClusterMemory]:
     """A cluster memory initialised with the (mixed) centroids, or None with fewer than 2 clusters.
 
     Args:
         features: (N, D) descriptors; labels: (N,) pseudo-labels, -1 = outlier.
         modality: (N,) 0 = rgb, 1 = ir: the mixed centroids of the joint phase (None: plain centroids).
-        world_size: processes training together (torchrun); the memory gathers their batches when > 1.
+        gather: how the memory gathers the batches of the processes training together (torchrun:
+            utils/distributed.py ``batch_gather``; None: one process).
     Returns:
         a memory of K = max label + 1 unit centres (K, D) on ``device``, or None when K < 2.
     """
@@ -82,7 +84,7 @@ def build_memory(features: torch.Tensor, labels: np.ndarray, memory: MemorySetti
     cents = (cluster_centroids(features, lab, k) if modality is None
              else mixed_centroids(features, lab, modality.to(features.device), k))
     mem = ClusterMemory(features.shape[1], k, temp=memory.temp, momentum=memory.momentum,
-                        use_hard=memory.use_hard, world_size=world_size).to(device)
+                        use_hard=memory.use_hard, gather=gather).to(device)
     mem.set_centroids(cents.to(device))
     return mem
 
@@ -158,12 +160,12 @@ def memories_step(feats, labels, memory: MemorySettings, ctx, joint: bool) -> Di
     ``feats``: ``{"rgb": (N_rgb, D), "ir": (N_ir, D)}``; ``labels`` as :func:`cluster_epoch` returns them.
     Returns ``{"rgb", "ir"[, "joint"]}`` memories of (K, D) unit centres.
     """
-    world = ctx.dist.world_size
-    memories = {m: build_memory(feats[m], labels[m], memory, ctx.device, world_size=world) for m in (RGB, IR)}
+    gather = batch_gather(ctx.dist)
+    memories = {m: build_memory(feats[m], labels[m], memory, ctx.device, gather=gather) for m in (RGB, IR)}
     if joint:
         modality = _modality_vector(len(feats[RGB]), len(feats[RGB]) + len(feats[IR]))
         memories["joint"] = build_memory(torch.cat([feats[RGB], feats[IR]]), labels["joint"], memory, ctx.device,
-                                         modality=modality, world_size=world)
+                                         modality=modality, gather=gather)
     return memories
 
 
