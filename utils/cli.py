@@ -1,4 +1,6 @@
-"""Entry-point helpers: turn :class:`data.sample.DataError` into a one-line error, no traceback."""
+"""The entry points' bodies: parse the flags, make the typed settings, run the stage
+(:func:`stage1_main`, :func:`stage2_main`; test.py does the same with utils/evaluation/run_test.py), and
+:func:`run_cli`, which turns :class:`data.sample.DataError` into a one-line error, no traceback."""
 from __future__ import annotations
 
 import errno
