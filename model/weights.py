@@ -126,13 +126,15 @@ def read_state_file(path: str) -> Mapping[str, torch.Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
-def load_package_weights(path: Optional[str] = None) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+def load_package_weights(path: Optional[str] = None, digest: Optional[str] = None
+                         ) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     """The package's ImageNet MobileNetV2, checked (sha256, count, shapes) and in torchvision's layout.
 
-    ``path`` defaults to the installed package's file; tests pass a copy or a damaged file.
+    ``path`` defaults to the installed package's file; tests pass a copy or a damaged file. ``digest``:
+    the file's sha256 when the caller has already computed it (it is read once).
     """
-    path = path or package_weights_path()
-    digest = sha256_of(path)
+    path = os.path.abspath(path or package_weights_path())
+    digest = digest or sha256_of(path)
     if digest != PACKAGE_SHA256:
         raise PretrainedWeightsError(f"{path} is not the expected ImageNet MobileNetV2 file (sha256 {digest[:12]}..., "
                                      f"expected {PACKAGE_SHA256[:12]}...); run: {INSTALL_HINT} --force-reinstall")
@@ -158,10 +160,11 @@ def download_imagenet(arch: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str
 
 def load_local(arch: str, path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     """A local file: a torchvision state dict of ``arch``, or (for mobilenet_v2) a copy of the package's file."""
-    if arch == "mobilenet_v2" and os.path.isfile(path) and sha256_of(path) == PACKAGE_SHA256:
-        return load_package_weights(path)
+    digest = sha256_of(path) if os.path.isfile(path) else ""  # read_state_file names a missing file
+    if arch == "mobilenet_v2" and digest == PACKAGE_SHA256:
+        return load_package_weights(path, digest)
     state = dict(read_state_file(path))
-    return state, {"source": f"weights file {path}", "file": os.path.abspath(path), "sha256": sha256_of(path)}
+    return state, {"source": f"weights file {path}", "file": os.path.abspath(path), "sha256": digest}
 
 
 def load_backbone_state(arch: str, pretrained: str) -> Tuple[Optional[Dict[str, torch.Tensor]], Dict[str, str]]:

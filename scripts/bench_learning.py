@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "no stage-1 evaluation, stage 2 = its warm-up epoch, --batch-ids 2")
     p.add_argument("--stage1-epochs", type=int, help="stage-1 epochs per phase (default: 4; quick: 1)")
     p.add_argument("--stage2-epochs", type=int, help="stage-2 epochs incl. 1 warm-up (default: 3; quick: 1)")
-    p.add_argument("--iters", type=int, help="stage-1 iterations per epoch (default: 30; quick: 4)")
+    p.add_argument("--iters", type=int, help="stage-1 iterations per epoch (default: 60; quick: 4)")
     p.add_argument("--eps", type=float, help="stage-1 DBSCAN radius (default: 0.5)")
     return p
 

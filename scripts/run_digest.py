@@ -1,6 +1,6 @@
 """A digest of everything a run wrote that must not change when the code is reorganised: one line per
-checkpoint (hashes of its weights, optimizer state, metrics and extra), per metrics.jsonl line (without
-the wall-clock seconds), per .npz array and per test.py result file. Two runs of the same commands are
+checkpoint (exact hashes of its weights, optimizer and scheduler state, metrics and extra), per
+metrics.jsonl line (without the wall-clock seconds), per .npz array and per test.py result file. Two runs of the same commands are
 bit-identical when their digests are equal:
 
     python scripts/run_digest.py OUT_BEFORE > before.txt
@@ -27,20 +27,46 @@ def short_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def checkpoint_line(path: str) -> str:
-    """Hashes of a checkpoint's weights (in order), optimizer state, metrics (without seconds) and extra."""
+def feed(h, value) -> None:
+    """Feed ``value`` to the hash ``h`` exactly: tensors and arrays by their bytes (with dtype and shape),
+    dicts, lists and tuples item by item, anything else by its repr (a tensor's repr rounds and
+    abbreviates, so it never stands for the tensor)."""
     import torch
 
+    if torch.is_tensor(value):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        h.update(f"{value.dtype}{value.shape}".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, dict):
+        for k in sorted(value, key=repr):
+            h.update(repr(k).encode())
+            feed(h, value[k])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__}{len(value)}".encode())
+        for v in value:
+            feed(h, v)
+    else:
+        h.update(repr(value).encode())
+
+
+def exact_hash(value) -> str:
+    """:func:`short_hash` of ``value`` fed exactly (:func:`feed`)."""
+    h = hashlib.sha256()
+    feed(h, value)
+    return h.hexdigest()[:16]
+
+
+def checkpoint_line(path: str) -> str:
+    """Exact hashes of a checkpoint's weights, optimizer and scheduler state, metrics (without the
+    wall-clock seconds) and extra."""
     from utils.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    weights = short_hash(b"".join(v.numpy().tobytes() for v in ckpt["model"].values()))
     metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items() if k != "seconds"}
-    parts = {"weights": weights, "optimizer": short_hash(repr(ckpt.get("optimizer")).encode()),
-             "metrics": short_hash(json.dumps(metrics, sort_keys=True, default=str).encode()),
-             "extra": short_hash(repr({k: {n: t.numpy().tobytes() if torch.is_tensor(t) else t for n, t in v.items()}
-                                       if isinstance(v, dict) else v for k, v in (ckpt.get("extra") or {}).items()})
-                                 .encode())}
+    parts = {"weights": exact_hash(ckpt["model"]), "optimizer": exact_hash(ckpt.get("optimizer")),
+             "scheduler": exact_hash(ckpt.get("scheduler")), "metrics": exact_hash(metrics),
+             "extra": exact_hash(ckpt.get("extra"))}
     return " ".join(f"{k} {v}" for k, v in parts.items())
 
 

@@ -87,3 +87,17 @@ def test_gpu_check_on_three_gpus_runs_data_parallel_torchrun_and_faiss(tmp_path,
     assert len(torchrun) == 2 and all("--nproc_per_node" in c and "--sync-bn" in c for c in torchrun)
     assert any(c[c.index("--device") + 1] == "cuda:2" for c in calls if "--device" in c)  # the last GPU
     assert any("--knn" in c and c[c.index("--knn") + 1] == "faiss" for c in calls)
+
+
+@pytest.mark.slow
+def test_gpu_check_refuses_a_folder_it_did_not_make(tmp_path, repo_root):
+    """It replaces OUT_DIR/logs on every run, so it never works in a non-empty folder without its marker
+    (nothing runs: the stand-in python would record any call)."""
+    other = tmp_path / "someone"
+    (other / "logs").mkdir(parents=True)
+    (other / "logs" / "keep.txt").write_text("not the script's")
+    calls = tmp_path / "calls.txt"
+    env = dict(os.environ, PYTHON=str(tmp_path / "python"), CALLS=str(calls))
+    out = run_cmd(["bash", os.path.join(repo_root, "scripts", "gpu_check.sh"), str(other)], env=env, timeout=60)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {other} exists and was not made by")
+    assert (other / "logs" / "keep.txt").read_text() == "not the script's" and not calls.exists()

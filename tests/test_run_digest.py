@@ -1,5 +1,5 @@
-"""scripts/run_digest.py: the digest that shows two runs bit-identical changes with any weight, metric,
-label or result, and not with the wall-clock seconds."""
+"""scripts/run_digest.py: the digest that shows two runs bit-identical changes with any weight, optimizer
+state, metric, label or result, and not with the wall-clock seconds."""
 import json
 
 import numpy as np
@@ -10,7 +10,7 @@ from model import build_model
 from utils.checkpoint import add_training_state, atomic_torch_save, make_checkpoint
 
 
-def _run_folder(root, weight_shift=0.0, seconds=1.0, label=0):
+def _run_folder(root, weight_shift=0.0, seconds=1.0, label=0, momentum_shift=0.0):
     """A run folder as the stages write it: a checkpoint, metrics lines, a label file, a test.py result."""
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=3, pretrained="none")
@@ -20,8 +20,10 @@ def _run_folder(root, weight_shift=0.0, seconds=1.0, label=0):
     run.mkdir(parents=True)
     ckpt = make_checkpoint(model, stage="mmm", phase="train", dataset="sysu", trial=None, epoch=1, args={},
                            metrics={"epoch": 1, "seconds": seconds})
-    add_training_state(ckpt, torch.optim.SGD(model.parameters(), lr=0.1),
-                       extra={"prototypes": {"ir": torch.ones(3, 2)}})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    first = next(model.parameters())
+    optimizer.state[first]["momentum_buffer"] = torch.full_like(first, 0.5 + momentum_shift)
+    add_training_state(ckpt, optimizer, extra={"prototypes": {"ir": torch.ones(3, 2)}})
     atomic_torch_save(ckpt, str(run / "last.pth"))
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss_id": 0.5, "seconds": seconds}) + "\n")
     np.savez(run / "mmlm_labels.npz", labels_ir=np.array([label, 1, -1]), paths_ir=np.array(["a.jpg", "b.jpg", "c.jpg"]))
@@ -41,7 +43,8 @@ def test_digest_sees_weights_metrics_labels_and_results_but_not_seconds(tmp_path
     assert [line.split()[0] for line in base] == ["test_sysu_all.json", "sysu/mmm/last.pth", "sysu/mmm/metrics.jsonl",
                                                   "sysu/mmm/mmlm_labels.npz"]
     assert _digest(_run_folder(tmp_path / "b", seconds=7.0), capsys) == base  # only the wall clock differs
-    for changed in ({"weight_shift": 1e-6}, {"label": 2}):
+    # a change below what a tensor's repr shows (4 decimals) still changes the digest
+    for changed in ({"weight_shift": 1e-6}, {"label": 2}, {"momentum_shift": 1e-6}):
         other = _digest(_run_folder(tmp_path / f"c{len(changed)}{list(changed)[0]}", **changed), capsys)
         assert other != base and len(other) == len(base)
 

@@ -187,11 +187,8 @@ def batch_gather(dist: DistInfo):
         return None
 
     def gather(inputs: torch.Tensor, targets: torch.Tensor):
-        xs = [torch.empty_like(inputs) for _ in range(dist.world_size)]
-        ys = [torch.empty_like(targets) for _ in range(dist.world_size)]
-        tdist.all_gather(xs, inputs.contiguous())
-        tdist.all_gather(ys, targets.contiguous())
-        return torch.cat(xs), torch.cat(ys)
+        total = len(inputs) * dist.world_size
+        return all_gather_rows(inputs, dist, total), all_gather_rows(targets, dist, total)
     return gather
 
 

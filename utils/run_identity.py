@@ -37,16 +37,14 @@ def stage1_digests(resume_net1: str, baseline_artifact: Optional[str]) -> Dict[s
     """Digests of stage 2's inputs: the --resume_net1 checkpoint and the stage-1 artifact it uses
     (--baseline-artifact or the one found next to the checkpoint; None where a file is missing: the
     stage reports that itself, with its own message)."""
-    from utils.artifacts import ARTIFACT
+    from utils.artifacts import find_artifact
 
     artifact = baseline_artifact
     if not artifact:
-        folder = os.path.dirname(os.path.abspath(resume_net1))
-        for _ in range(3):  # where utils.artifacts.find_artifact looks
-            if os.path.isfile(os.path.join(folder, ARTIFACT)):
-                artifact = os.path.join(folder, ARTIFACT)
-                break
-            folder = os.path.dirname(folder)
+        try:
+            artifact = find_artifact(resume_net1)
+        except DataError:  # none found: stage 2 reports it when it reads the artifact
+            artifact = None
     return {"checkpoint": file_digest(resume_net1),
             "artifact": file_digest(artifact) if artifact else None}
 

@@ -6,8 +6,9 @@ rank 0's buffers, write ``last.pth`` (and the weights-only ``best.pth``), append
 model, optimizer, scheduler and the checkpoint's own metrics line, and log where the run continues.
 
 A stage describes its differences in an :class:`EpochEnd`: checkpoint stage/phase names, folder,
-which metric selects the best model and when it evaluates; what it trains is a :class:`TrainState`. Epochs are 1-based in every record,
-checkpoint and log line.
+which metric selects the best model and when it evaluates; what it trains is a :class:`TrainState`.
+Epochs are 1-based in every record, checkpoint and log line. :func:`evaluate_run` is both stages'
+evaluation (the one test-protocol entry, utils/evaluation/protocols.py).
 """
 from __future__ import annotations
 
